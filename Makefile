@@ -1,0 +1,51 @@
+# nuncio: thin wrapper over CMake/ctest. `make run` and `make test` are the two commands.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+JOBS       ?= $(shell nproc)
+PYTHON     := /usr/bin/python3
+
+# Debian 12 packages the build, the tests and the example need.
+DEB_PACKAGES := build-essential cmake pkg-config libev-dev libnghttp2-dev libyaml-dev libhttp-parser-dev \
+	luajit2 libluajit2-5.1-dev lua-busted python3-grpcio python3-grpc-tools python3-protobuf \
+	nghttp2-client curl openssl
+
+.PHONY: all deps build run test test-asan asan clean example-stubs
+
+all: build
+
+# Installs only what is missing; CI has no standard input, so never prompt.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing; \
+	else echo "make deps: all Debian packages present"; fi
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+example-stubs: deps
+	$(PYTHON) examples/grpc-greeter/gen_stubs.py
+
+# Starts the Greeter example server and nuncio in the foreground on conf/nuncio.yaml.
+run: build example-stubs
+	@examples/grpc-greeter/run.sh $(BUILD)/nuncio conf/nuncio.yaml
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j 2
+
+asan: deps
+	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DNUNCIO_SANITIZE=ON >/dev/null
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+
+# The whole suite under AddressSanitizer + UBSan.
+test-asan: asan
+	cd $(ASAN_BUILD) && ctest --output-on-failure -j 2
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

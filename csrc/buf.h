@@ -1,0 +1,49 @@
+/* Byte buffers.
+ *
+ * Ownership (the rule for the whole core):
+ * - socket output: the conn owns its `struct buf` wbuf;
+ * - DATA payloads: a `struct chunkq` inside the message (stream) that carries
+ *   them. Bytes are copied in once from the codec callback (its pointer is
+ *   only valid during the callback) and copied out once by the sending codec's
+ *   data provider; only then is the receiving peer's window given back. */
+#ifndef NUNCIO_BUF_H
+#define NUNCIO_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A growable contiguous buffer with a read offset. All-zero is a valid empty buffer. */
+struct buf {
+    uint8_t *data;
+    size_t off; /* first unread byte */
+    size_t len; /* end of valid bytes */
+    size_t cap;
+};
+
+int buf_append(struct buf *b, const void *p, size_t n);
+void buf_consume(struct buf *b, size_t n);
+void buf_free(struct buf *b);
+static inline size_t buf_size(const struct buf *b)
+{
+    return b->len - b->off;
+}
+
+#define NU_CHUNK_SIZE 16384
+
+struct chunk {
+    struct chunk *next;
+    size_t off, len;
+    uint8_t data[NU_CHUNK_SIZE];
+};
+
+/* A queue of body bytes. All-zero is a valid empty queue. */
+struct chunkq {
+    struct chunk *head, *tail;
+    size_t bytes;
+};
+
+int chunkq_append(struct chunkq *q, const uint8_t *p, size_t n); /* copies */
+size_t chunkq_read(struct chunkq *q, uint8_t *dst, size_t max);  /* copies out, frees drained chunks */
+void chunkq_clear(struct chunkq *q);
+
+#endif

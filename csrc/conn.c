@@ -1,0 +1,242 @@
+#include "conn.h"
+#include "log.h"
+#include "nuncio.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void conn_format_addr(const struct sockaddr *sa, char *dst, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof ip);
+        port = ntohs(s4->sin_port);
+        snprintf(dst, cap, "%s:%d", ip, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof ip);
+        port = ntohs(s6->sin6_port);
+        snprintf(dst, cap, "[%s]:%d", ip, port);
+    } else {
+        snprintf(dst, cap, "?");
+    }
+}
+
+static void conn_free(struct worker_defer *d)
+{
+    struct conn *c = nu_container_of(d, struct conn, defer);
+    if (c->h && c->h->free && c->codec)
+        c->h->free(c->codec);
+    buf_free(&c->wbuf);
+    if (c->all_prev)
+        c->all_prev->all_next = c->all_next;
+    else
+        c->w->conns = c->all_next;
+    if (c->all_next)
+        c->all_next->all_prev = c->all_prev;
+    c->w->live_conns--;
+    free(c);
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *io, int revents);
+static void on_writable(struct ev_loop *loop, ev_io *io, int revents);
+
+static struct conn *conn_new(struct worker *w, int fd)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->w = w;
+    c->fd = fd;
+    c->id = ++w->next_conn_id;
+    ev_io_init(&c->rio, on_readable, fd, EV_READ);
+    ev_io_init(&c->wio, on_writable, fd, EV_WRITE);
+    c->defer.fn = conn_free;
+    c->all_next = w->conns;
+    if (w->conns)
+        w->conns->all_prev = c;
+    w->conns = c;
+    w->live_conns++;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return c;
+}
+
+struct conn *conn_accepted(struct worker *w, int fd, const struct sockaddr *sa)
+{
+    struct conn *c = conn_new(w, fd);
+    if (!c)
+        return NULL;
+    conn_format_addr(sa, c->peer, sizeof c->peer);
+    return c;
+}
+
+static void on_connect_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct conn *c = nu_container_of(t, struct conn, connect_timer);
+    if (!c->connecting)
+        return;
+    c->connecting = 0;
+    ev_io_stop(loop, &c->wio);
+    c->h->on_connect(c, NU_ERR_TIMEOUT);
+}
+
+struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double timeout_s, int *err)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *err = NU_ERR_IO;
+        return NULL;
+    }
+    if (connect(fd, sa, salen) < 0 && errno != EINPROGRESS) {
+        close(fd);
+        *err = NU_ERR_IO;
+        return NULL;
+    }
+    struct conn *c = conn_new(w, fd);
+    if (!c) {
+        close(fd);
+        *err = NU_ERR_NOMEM;
+        return NULL;
+    }
+    conn_format_addr(sa, c->peer, sizeof c->peer);
+    c->connecting = 1;
+    ev_timer_init(&c->connect_timer, on_connect_timeout, timeout_s, 0.);
+    *err = NU_OK;
+    return c;
+}
+
+void conn_set_handler(struct conn *c, const struct conn_handler *h, void *codec)
+{
+    c->h = h;
+    c->codec = codec;
+}
+
+void conn_start(struct conn *c)
+{
+    if (c->connecting) {
+        /* Writability tells that the connect finished, successfully or not. */
+        ev_io_start(c->w->loop, &c->wio);
+        ev_timer_start(c->w->loop, &c->connect_timer);
+    } else {
+        ev_io_start(c->w->loop, &c->rio);
+        conn_want_write(c);
+    }
+}
+
+void conn_want_write(struct conn *c)
+{
+    if (c->closing || c->connecting)
+        return;
+    worker_want_flush(c->w, c);
+}
+
+void conn_close(struct conn *c, int err)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    ev_io_stop(c->w->loop, &c->rio);
+    ev_io_stop(c->w->loop, &c->wio);
+    ev_timer_stop(c->w->loop, &c->connect_timer);
+    close(c->fd);
+    c->fd = -1;
+    if (c->h && c->h->on_close)
+        c->h->on_close(c, err);
+    worker_defer(c->w, &c->defer);
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = nu_container_of(io, struct conn, rio);
+    uint8_t in[65536];
+    /* A bounded number of reads per wake-up keeps one busy peer from starving the rest. */
+    for (int round = 0; round < 8 && !c->closing; round++) {
+        ssize_t n = read(c->fd, in, sizeof in);
+        if (n > 0) {
+            if (c->h->on_read(c, in, (size_t)n) < 0) {
+                conn_close(c, NU_ERR_PROTO);
+                return;
+            }
+            conn_want_write(c);
+            if ((size_t)n < sizeof in)
+                return;
+            continue;
+        }
+        if (n == 0) {
+            conn_close(c, NU_OK);
+            return;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            conn_close(c, NU_ERR_IO);
+        return;
+    }
+}
+
+static void on_writable(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = nu_container_of(io, struct conn, wio);
+    if (c->connecting) {
+        int soerr = 0;
+        socklen_t len = sizeof soerr;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+        c->connecting = 0;
+        ev_timer_stop(loop, &c->connect_timer);
+        ev_io_stop(loop, &c->wio);
+        if (soerr) {
+            c->h->on_connect(c, NU_ERR_IO);
+            return;
+        }
+        ev_io_start(loop, &c->rio);
+        c->h->on_connect(c, NU_OK);
+        conn_want_write(c);
+        return;
+    }
+    conn_flush(c);
+}
+
+void conn_flush(struct conn *c)
+{
+    while (!c->closing) {
+        if (!c->finishing && buf_size(&c->wbuf) < CONN_WBUF_HIGH) {
+            int rc = c->h->fill(c);
+            if (rc < 0) {
+                conn_close(c, rc);
+                return;
+            }
+            if (rc == 1)
+                c->finishing = 1;
+        }
+        size_t pending = buf_size(&c->wbuf);
+        if (pending == 0)
+            break;
+        ssize_t n = write(c->fd, c->wbuf.data + c->wbuf.off, pending);
+        if (n > 0) {
+            buf_consume(&c->wbuf, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            ev_io_start(c->w->loop, &c->wio);
+            return;
+        }
+        conn_close(c, NU_ERR_IO);
+        return;
+    }
+    if (c->closing)
+        return;
+    ev_io_stop(c->w->loop, &c->wio);
+    if (c->finishing)
+        conn_close(c, NU_OK);
+}

@@ -1,0 +1,63 @@
+/* A buffered byte stream over a socket: read/write watchers, connect, and a
+ * write buffer flushed from the worker's sweep. Knows no HTTP. */
+#ifndef NUNCIO_CONN_H
+#define NUNCIO_CONN_H
+
+#include <ev.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "buf.h"
+#include "worker.h"
+
+struct conn;
+
+/* What a protocol codec plugs into a conn. */
+struct conn_handler {
+    /* Bytes arrived (borrowed for the call). Negative return: close the connection. */
+    int (*on_read)(struct conn *c, const uint8_t *p, size_t n);
+    /* Move pending output into c->wbuf. 0: ok; 1: the codec is finished, close
+     * once written; negative: close now. */
+    int (*fill)(struct conn *c);
+    /* Outgoing connect finished (err 0) or failed. */
+    void (*on_connect)(struct conn *c, int err);
+    /* The connection is closed; the codec must let go of its streams now. */
+    void (*on_close)(struct conn *c, int err);
+    /* Free the codec object (called from the sweep). */
+    void (*free)(void *codec);
+};
+
+#define CONN_WBUF_HIGH (256 * 1024)
+
+struct conn {
+    struct worker *w;
+    int fd;
+    uint64_t id;
+    ev_io rio, wio;
+    ev_timer connect_timer;
+    struct buf wbuf; /* owned: socket output not yet written */
+    const struct conn_handler *h;
+    void *codec;
+    struct conn *pending_next;
+    struct conn *all_prev, *all_next; /* the worker's list of live conns */
+    struct worker_defer defer;
+    unsigned in_pending : 1;
+    unsigned connecting : 1;
+    unsigned closing : 1;
+    unsigned finishing : 1; /* close once wbuf is written */
+    char peer[64];          /* "ip:port" for logs */
+};
+
+struct conn *conn_accepted(struct worker *w, int fd, const struct sockaddr *sa);
+struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double timeout_s, int *err);
+void conn_set_handler(struct conn *c, const struct conn_handler *h, void *codec);
+void conn_start(struct conn *c);
+/* Ask for a flush at the next sweep. */
+void conn_want_write(struct conn *c);
+/* Write out what the codec has; called by the worker sweep. */
+void conn_flush(struct conn *c);
+void conn_close(struct conn *c, int err);
+void conn_format_addr(const struct sockaddr *sa, char *dst, size_t cap);
+
+#endif

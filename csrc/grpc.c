@@ -1,0 +1,58 @@
+#include "grpc.h"
+
+#include <string.h>
+#include <strings.h>
+
+int grpc_is_grpc_content_type(const char *v, size_t n)
+{
+    static const char base[] = "application/grpc";
+    size_t bl = sizeof base - 1;
+    if (n < bl || strncasecmp(v, base, bl) != 0)
+        return 0;
+    /* application/grpc, application/grpc+proto, application/grpc;charset=...
+     * but not application/grpc-web (a different protocol). */
+    return n == bl || v[bl] == '+' || v[bl] == ';';
+}
+
+int grpc_status_from_http(int http_status)
+{
+    switch (http_status) {
+    case 400:
+        return GRPC_INTERNAL;
+    case 401:
+        return GRPC_UNAUTHENTICATED;
+    case 403:
+        return GRPC_PERMISSION_DENIED;
+    case 404:
+        return GRPC_UNIMPLEMENTED;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+        return GRPC_UNAVAILABLE;
+    default:
+        return GRPC_UNKNOWN;
+    }
+}
+
+size_t grpc_message_encode(const char *src, size_t n, char *dst, size_t cap)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)src[i];
+        /* gRPC: printable ASCII except '%' goes as is, the rest percent-encoded. */
+        if (c >= 0x20 && c <= 0x7e && c != '%') {
+            if (o + 1 > cap)
+                break;
+            dst[o++] = (char)c;
+        } else {
+            if (o + 3 > cap)
+                break;
+            dst[o++] = '%';
+            dst[o++] = hex[c >> 4];
+            dst[o++] = hex[c & 15];
+        }
+    }
+    return o;
+}

@@ -1,0 +1,27 @@
+/* gRPC helpers without I/O. */
+#ifndef NUNCIO_GRPC_H
+#define NUNCIO_GRPC_H
+
+#include <stddef.h>
+
+enum grpc_status {
+    GRPC_OK = 0,
+    GRPC_CANCELLED = 1,
+    GRPC_UNKNOWN = 2,
+    GRPC_DEADLINE_EXCEEDED = 4,
+    GRPC_PERMISSION_DENIED = 7,
+    GRPC_UNIMPLEMENTED = 12,
+    GRPC_INTERNAL = 13,
+    GRPC_UNAVAILABLE = 14,
+    GRPC_UNAUTHENTICATED = 16,
+};
+
+/* Is this request content-type gRPC (application/grpc, +proto, ;params)? */
+int grpc_is_grpc_content_type(const char *v, size_t n);
+/* Envoy's httpToGrpcStatus (behaviour notes §7.3). */
+int grpc_status_from_http(int http_status);
+/* Percent-encodes a grpc-message value as the gRPC spec asks; returns the
+ * length written (dst must hold 3*n bytes), never more than cap. */
+size_t grpc_message_encode(const char *src, size_t n, char *dst, size_t cap);
+
+#endif

@@ -1,0 +1,446 @@
+#include "h2c.h"
+#include "conn.h"
+#include "exchange.h"
+#include "h2_common.h"
+#include "log.h"
+#include "nuncio.h"
+
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct h2c {
+    struct conn *conn;
+    nghttp2_session *ng;
+    struct side *sides;   /* streams submitted to nghttp2 */
+    struct side *waiting; /* exchanges queued until the connection is up */
+    h2c_gone_fn gone;
+    void *owner;
+    unsigned connected : 1;
+    unsigned unusable : 1; /* GOAWAY received, failed or closed: no new streams */
+    char label[96];
+};
+
+static const struct side_ops h2c_ops;
+
+static void list_add(struct side **head, struct side *sd)
+{
+    sd->prev = NULL;
+    sd->next = *head;
+    if (*head)
+        (*head)->prev = sd;
+    *head = sd;
+}
+
+static void list_del(struct side **head, struct side *sd)
+{
+    if (sd->prev)
+        sd->prev->next = sd->next;
+    else if (*head == sd)
+        *head = sd->next;
+    if (sd->next)
+        sd->next->prev = sd->prev;
+    sd->prev = sd->next = NULL;
+}
+
+static void mark_unusable(struct h2c *h)
+{
+    if (h->unusable)
+        return;
+    h->unusable = 1;
+    if (h->gone)
+        h->gone(h->owner, h);
+}
+
+unsigned long long h2c_id(const struct h2c *h)
+{
+    return (unsigned long long)h->conn->id;
+}
+
+int h2c_usable(const struct h2c *h)
+{
+    return !h->unusable && !h->conn->closing;
+}
+
+void h2c_detach_owner(struct h2c *h)
+{
+    h->gone = NULL;
+    h->owner = NULL;
+}
+
+static struct exchange *stream_x(nghttp2_session *ng, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(ng, id);
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct exchange *x = stream_x(ng, frame->hd.stream_id);
+    if (!x)
+        return 0;
+    /* Everything after the final response head is the trailer block. */
+    struct hdr_map *m = x->up.headers_seen ? &x->resp.trailers : &x->resp.hdrs;
+    if (hdr_add(m, (const char *)name, nlen, (const char *)value, vlen) != NU_OK)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return 0;
+}
+
+static int is_informational(const struct hdr_map *m)
+{
+    size_t n;
+    const char *st = hdr_get(m, HDR_LIT(":status"), &n);
+    return st && n == 3 && st[0] == '1';
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    struct h2c *h = ud;
+    struct exchange *x;
+    int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        x = stream_x(ng, frame->hd.stream_id);
+        if (!x)
+            return 0;
+        if (x->up.headers_seen) {
+            /* trailers: nghttp2 has checked they carry END_STREAM */
+            x->resp.end = 1;
+            x->up_ev->on_end(x);
+            return 0;
+        }
+        if (is_informational(&x->resp.hdrs)) {
+            hdr_clear(&x->resp.hdrs); /* 1xx: wait for the final response */
+            return 0;
+        }
+        x->up.headers_seen = 1;
+        if (end)
+            x->resp.end = 1;
+        x->up_ev->on_headers(x);
+        if (end)
+            x->up_ev->on_end(x);
+        break;
+    case NGHTTP2_DATA:
+        x = stream_x(ng, frame->hd.stream_id);
+        if (x && end) {
+            x->resp.end = 1;
+            x->up_ev->on_end(x);
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        nu_log(NU_LOG_INFO, "[c%llu] upstream %s sent GOAWAY (last stream %d, error %u): draining",
+               (unsigned long long)h->conn->id, h->label, frame->goaway.last_stream_id, frame->goaway.error_code);
+        mark_unusable(h);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
+                              void *ud)
+{
+    struct exchange *x = stream_x(ng, id);
+    if (!x) {
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    x->up.unconsumed += len;
+    x->resp.body_bytes += len;
+    x->up_ev->on_data(x, data, len);
+    return 0;
+}
+
+static void side_closed(struct h2c *h, struct exchange *x, uint32_t code, int reason)
+{
+    x->up.ops = NULL;
+    x->up.codec = NULL;
+    x->up.unconsumed = 0;
+    x->up_ev->on_close(x, code, reason);
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *ud)
+{
+    struct h2c *h = ud;
+    struct exchange *x = stream_x(ng, id);
+    if (!x)
+        return 0;
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    list_del(&h->sides, &x->up);
+    if (x->up.unconsumed)
+        nghttp2_session_consume_connection(ng, (size_t)x->up.unconsumed);
+    side_closed(h, x, error_code, error_code == NGHTTP2_NO_ERROR ? NU_OK : NU_ERR_PROTO);
+    return 0;
+}
+
+static ssize_t read_request_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                                 uint32_t *data_flags, nghttp2_data_source *source, void *ud)
+{
+    struct exchange *x = source->ptr;
+    size_t n = chunkq_read(&x->req.body, buf, length);
+    if (n > 0)
+        x->up_ev->on_body_taken(x, n);
+    if (x->req.body.bytes == 0 && x->req.end) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (x->req.trailers.n > 0) {
+            nghttp2_nv stackv[32];
+            nghttp2_nv *nv = x->req.trailers.n <= 32 ? stackv : malloc(x->req.trailers.n * sizeof *nv);
+            if (!nv)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            size_t k = h2_nv_from_hdrs(&x->req.trailers, nv);
+            if (nghttp2_submit_trailer(ng, id, nv, k) == 0)
+                *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            if (nv != stackv)
+                free(nv);
+        }
+        return (ssize_t)n;
+    }
+    if (n == 0)
+        return NGHTTP2_ERR_DEFERRED;
+    return (ssize_t)n;
+}
+
+static int submit_now(struct h2c *h, struct exchange *x)
+{
+    struct hdr_map *m = &x->req.hdrs;
+    nghttp2_nv stackv[64];
+    nghttp2_nv *nv = m->n <= 64 ? stackv : malloc(m->n * sizeof *nv);
+    if (!nv)
+        return NU_ERR_NOMEM;
+    size_t k = h2_nv_from_hdrs(m, nv);
+    int32_t id;
+    if (x->req.end && x->req.body.bytes == 0 && x->req.trailers.n == 0) {
+        id = nghttp2_submit_request(h->ng, NULL, nv, k, NULL, x);
+    } else {
+        nghttp2_data_provider prd = {.source.ptr = x, .read_callback = read_request_body};
+        id = nghttp2_submit_request(h->ng, NULL, nv, k, &prd, x);
+    }
+    if (nv != stackv)
+        free(nv);
+    if (id < 0) {
+        nu_log(NU_LOG_WARN, "[c%llu] upstream %s: cannot submit request: %s", (unsigned long long)h->conn->id,
+               h->label, nghttp2_strerror(id));
+        if (id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE)
+            mark_unusable(h);
+        return NU_ERR_PROTO;
+    }
+    x->up.id = id;
+    list_add(&h->sides, &x->up);
+    conn_want_write(h->conn);
+    return NU_OK;
+}
+
+int h2c_submit(struct h2c *h, struct exchange *x)
+{
+    x->up.ops = &h2c_ops;
+    x->up.codec = h;
+    x->up.x = x;
+    x->up.id = -1;
+    if (!h->connected) {
+        list_add(&h->waiting, &x->up);
+        return NU_OK;
+    }
+    int rc = submit_now(h, x);
+    if (rc != NU_OK) {
+        x->up.ops = NULL;
+        x->up.codec = NULL;
+    }
+    return rc;
+}
+
+static struct h2c *side_h2c(struct exchange *x)
+{
+    return x->up.codec;
+}
+
+static int h2c_submit_headers(struct exchange *x)
+{
+    return NU_OK; /* requests go out from h2c_submit */
+}
+
+static void h2c_resume(struct exchange *x)
+{
+    struct h2c *h = side_h2c(x);
+    if (x->up.id < 0)
+        return; /* still waiting for the connection; the provider reads the queue once submitted */
+    nghttp2_session_resume_data(h->ng, x->up.id);
+    conn_want_write(h->conn);
+}
+
+static void h2c_reset(struct exchange *x, uint32_t h2_error)
+{
+    struct h2c *h = side_h2c(x);
+    if (x->up.id < 0) {
+        /* Never sent: just forget it, as if the stream had closed. */
+        list_del(&h->waiting, &x->up);
+        side_closed(h, x, h2_error, NU_ERR_CLOSED);
+        return;
+    }
+    nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, x->up.id, h2_error);
+    conn_want_write(h->conn);
+}
+
+static void h2c_consume(struct exchange *x, size_t n)
+{
+    struct h2c *h = side_h2c(x);
+    if (n > x->up.unconsumed)
+        n = (size_t)x->up.unconsumed;
+    if (n == 0)
+        return;
+    x->up.unconsumed -= n;
+    nghttp2_session_consume(h->ng, x->up.id, n);
+    conn_want_write(h->conn);
+}
+
+static const struct side_ops h2c_ops = {
+    .submit_headers = h2c_submit_headers,
+    .resume = h2c_resume,
+    .reset = h2c_reset,
+    .consume = h2c_consume,
+};
+
+static int h2c_on_read(struct conn *c, const uint8_t *p, size_t n)
+{
+    struct h2c *h = c->codec;
+    ssize_t rv = nghttp2_session_mem_recv(h->ng, p, n);
+    if (rv < 0) {
+        nu_log(NU_LOG_WARN, "[c%llu] upstream %s: HTTP/2 error: %s", (unsigned long long)c->id, h->label,
+               nghttp2_strerror((int)rv));
+        return NU_ERR_PROTO;
+    }
+    return 0;
+}
+
+static int h2c_fill(struct conn *c)
+{
+    struct h2c *h = c->codec;
+    while (buf_size(&c->wbuf) < CONN_WBUF_HIGH) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(h->ng, &data);
+        if (n < 0)
+            return NU_ERR_PROTO;
+        if (n == 0)
+            break;
+        if (buf_append(&c->wbuf, data, (size_t)n) != NU_OK)
+            return NU_ERR_NOMEM;
+    }
+    if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
+        return 1;
+    return 0;
+}
+
+/* Fails every stream of this connection; reason tells the stream what to say. */
+static void fail_all(struct h2c *h, int reason)
+{
+    while (h->waiting) {
+        struct side *sd = h->waiting;
+        list_del(&h->waiting, sd);
+        side_closed(h, sd->x, NGHTTP2_REFUSED_STREAM, reason);
+    }
+    while (h->sides) {
+        struct side *sd = h->sides;
+        list_del(&h->sides, sd);
+        nghttp2_session_set_stream_user_data(h->ng, sd->id, NULL);
+        side_closed(h, sd->x, NGHTTP2_CANCEL, reason);
+    }
+}
+
+static void h2c_on_connect(struct conn *c, int err)
+{
+    struct h2c *h = c->codec;
+    if (err != NU_OK) {
+        nu_log(NU_LOG_WARN, "[c%llu] upstream %s: connect failed: %s", (unsigned long long)c->id, h->label,
+               err == NU_ERR_TIMEOUT ? "timeout" : "connection refused or unreachable");
+        mark_unusable(h);
+        conn_close(c, err);
+        return;
+    }
+    nu_log(NU_LOG_DEBUG, "[c%llu] upstream %s connected", (unsigned long long)c->id, h->label);
+    h->connected = 1;
+    /* Submit in arrival order: the waiting list is LIFO, so reverse it first. */
+    struct side *rev = NULL;
+    while (h->waiting) {
+        struct side *sd = h->waiting;
+        list_del(&h->waiting, sd);
+        list_add(&rev, sd);
+    }
+    while (rev) {
+        struct side *sd = rev;
+        list_del(&rev, sd);
+        struct exchange *x = sd->x;
+        if (submit_now(h, x) != NU_OK)
+            side_closed(h, x, NGHTTP2_REFUSED_STREAM, NU_ERR_PROTO);
+    }
+}
+
+static void h2c_on_close(struct conn *c, int err)
+{
+    struct h2c *h = c->codec;
+    mark_unusable(h);
+    /* A connect failure keeps its own reason; a drop after connecting is a "connection termination". */
+    fail_all(h, h->connected ? NU_ERR_CLOSED : (err == NU_OK ? NU_ERR_IO : err));
+}
+
+static void h2c_free(void *codec)
+{
+    struct h2c *h = codec;
+    nghttp2_session_del(h->ng);
+    free(h);
+}
+
+static const struct conn_handler h2c_handler = {
+    .on_read = h2c_on_read,
+    .fill = h2c_fill,
+    .on_connect = h2c_on_connect,
+    .on_close = h2c_on_close,
+    .free = h2c_free,
+};
+
+struct h2c *h2c_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double connect_timeout_s,
+                        const char *label, h2c_gone_fn gone, void *owner, int *err)
+{
+    struct h2c *h = calloc(1, sizeof *h);
+    if (!h) {
+        *err = NU_ERR_NOMEM;
+        return NULL;
+    }
+    snprintf(h->label, sizeof h->label, "%s", label);
+    h->gone = gone;
+    h->owner = owner;
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0) {
+        free(h);
+        *err = NU_ERR_NOMEM;
+        return NULL;
+    }
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_option *opt = h2_new_option();
+    int rv = opt ? nghttp2_session_client_new2(&h->ng, cb, h, opt) : NGHTTP2_ERR_NOMEM;
+    nghttp2_session_callbacks_del(cb);
+    if (opt)
+        nghttp2_option_del(opt);
+    if (rv != 0 || h2_send_settings(h->ng, 1000) != NU_OK) {
+        if (rv == 0)
+            nghttp2_session_del(h->ng);
+        free(h);
+        *err = NU_ERR_NOMEM;
+        return NULL;
+    }
+    struct conn *c = conn_connect(w, sa, salen, connect_timeout_s, err);
+    if (!c) {
+        nghttp2_session_del(h->ng);
+        free(h);
+        return NULL;
+    }
+    h->conn = c;
+    conn_set_handler(c, &h2c_handler, h);
+    conn_start(c);
+    return h;
+}

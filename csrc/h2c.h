@@ -1,0 +1,24 @@
+/* Upstream HTTP/2 codec: an nghttp2 client session on a conn we dialed. */
+#ifndef NUNCIO_H2C_H
+#define NUNCIO_H2C_H
+
+#include <sys/socket.h>
+
+struct worker;
+struct exchange;
+struct h2c;
+
+/* Told once when the connection stops taking new streams (GOAWAY, error, close). */
+typedef void (*h2c_gone_fn)(void *owner, struct h2c *h);
+
+struct h2c *h2c_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double connect_timeout_s,
+                        const char *label, h2c_gone_fn gone, void *owner, int *err);
+/* Sends the exchange's request on this connection (queued until connected). */
+int h2c_submit(struct h2c *h, struct exchange *x);
+/* Can this connection take another stream now? */
+int h2c_usable(const struct h2c *h);
+/* The owner (pool) goes away: stop reporting to it. */
+void h2c_detach_owner(struct h2c *h);
+unsigned long long h2c_id(const struct h2c *h);
+
+#endif

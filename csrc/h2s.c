@@ -1,0 +1,350 @@
+#include "h2s.h"
+#include "conn.h"
+#include "exchange.h"
+#include "h2_common.h"
+#include "log.h"
+#include "nuncio.h"
+
+#include <nghttp2/nghttp2.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Request header blocks above this are refused (RST_STREAM); Envoy's default limit is 60 KiB. */
+#define H2S_MAX_HEADER_BYTES (60 * 1024)
+
+struct h2s {
+    struct conn *conn;
+    nghttp2_session *ng;
+    h2s_open_fn open;
+    void *open_arg;
+    struct side *sides; /* open streams that have an exchange */
+};
+
+static const struct side_ops h2s_ops;
+
+static void link_side(struct h2s *s, struct side *sd)
+{
+    sd->prev = NULL;
+    sd->next = s->sides;
+    if (s->sides)
+        s->sides->prev = sd;
+    s->sides = sd;
+}
+
+static void unlink_side(struct h2s *s, struct side *sd)
+{
+    if (sd->prev)
+        sd->prev->next = sd->next;
+    else if (s->sides == sd)
+        s->sides = sd->next;
+    if (sd->next)
+        sd->next->prev = sd->prev;
+    sd->prev = sd->next = NULL;
+}
+
+static struct exchange *stream_x(nghttp2_session *ng, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(ng, id);
+}
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    struct h2s *s = ud;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    struct exchange *x = s->open(s->open_arg, s->conn);
+    if (!x)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets just this stream */
+    x->down.ops = &h2s_ops;
+    x->down.codec = s;
+    x->down.id = frame->hd.stream_id;
+    x->down.x = x;
+    link_side(s, &x->down);
+    nghttp2_session_set_stream_user_data(ng, frame->hd.stream_id, x);
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    struct exchange *x = stream_x(ng, frame->hd.stream_id);
+    if (!x)
+        return 0;
+    struct hdr_map *m = frame->headers.cat == NGHTTP2_HCAT_REQUEST ? &x->req.hdrs : &x->req.trailers;
+    if (m->bytes + nlen + vlen > H2S_MAX_HEADER_BYTES) {
+        nu_log(NU_LOG_INFO, "[c%llu s%d] request headers over %d bytes: stream refused",
+               (unsigned long long)((struct h2s *)ud)->conn->id, frame->hd.stream_id, H2S_MAX_HEADER_BYTES);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    if (hdr_add(m, (const char *)name, nlen, (const char *)value, vlen) != NU_OK)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    return 0;
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    struct exchange *x;
+    int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        x = stream_x(ng, frame->hd.stream_id);
+        if (!x)
+            return 0;
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            if (end)
+                x->req.end = 1;
+            x->down_ev->on_headers(x);
+        } else {
+            x->req.end = 1; /* trailers always carry END_STREAM (nghttp2 checks) */
+        }
+        if (end)
+            x->down_ev->on_end(x);
+        break;
+    case NGHTTP2_DATA:
+        x = stream_x(ng, frame->hd.stream_id);
+        if (x && end) {
+            x->req.end = 1;
+            x->down_ev->on_end(x);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
+                              void *ud)
+{
+    struct exchange *x = stream_x(ng, id);
+    if (!x) {
+        /* No one will pass these bytes on: give the window back now. */
+        nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    x->down.unconsumed += len;
+    x->req.body_bytes += len;
+    x->down_ev->on_data(x, data, len);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *ud)
+{
+    struct h2s *s = ud;
+    struct exchange *x = stream_x(ng, id);
+    if (!x)
+        return 0;
+    nghttp2_session_set_stream_user_data(ng, id, NULL);
+    unlink_side(s, &x->down);
+    /* Bytes still queued for this stream will never be consumed through it;
+     * hand them back at connection level or the connection window shrinks for good. */
+    if (x->down.unconsumed)
+        nghttp2_session_consume_connection(ng, (size_t)x->down.unconsumed);
+    x->down.unconsumed = 0;
+    x->down.ops = NULL;
+    x->down.codec = NULL;
+    x->down_ev->on_close(x, error_code, NU_OK);
+    return 0;
+}
+
+static ssize_t read_response_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                                  uint32_t *data_flags, nghttp2_data_source *source, void *ud)
+{
+    struct exchange *x = source->ptr;
+    size_t n = chunkq_read(&x->resp.body, buf, length);
+    if (n > 0)
+        x->down_ev->on_body_taken(x, n);
+    if (x->resp.body.bytes == 0 && x->resp.end) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (x->resp.trailers.n > 0) {
+            /* gRPC's grpc-status travels here: trailers go out after the last DATA. */
+            nghttp2_nv stackv[32];
+            nghttp2_nv *nv = x->resp.trailers.n <= 32 ? stackv : malloc(x->resp.trailers.n * sizeof *nv);
+            if (!nv)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            size_t k = h2_nv_from_hdrs(&x->resp.trailers, nv);
+            int rv = nghttp2_submit_trailer(ng, id, nv, k);
+            if (nv != stackv)
+                free(nv);
+            if (rv == 0)
+                *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        }
+        return (ssize_t)n;
+    }
+    if (n == 0)
+        return NGHTTP2_ERR_DEFERRED;
+    return (ssize_t)n;
+}
+
+static struct h2s *side_h2s(struct exchange *x)
+{
+    return x->down.codec;
+}
+
+static int h2s_submit_headers(struct exchange *x)
+{
+    struct h2s *s = side_h2s(x);
+    struct hdr_map *m = &x->resp.hdrs;
+    nghttp2_nv stackv[64];
+    nghttp2_nv *nv = m->n <= 64 ? stackv : malloc(m->n * sizeof *nv);
+    if (!nv)
+        return NU_ERR_NOMEM;
+    size_t k = h2_nv_from_hdrs(m, nv);
+    int rv;
+    if (x->resp.end && x->resp.body.bytes == 0 && x->resp.trailers.n == 0) {
+        rv = nghttp2_submit_response(s->ng, x->down.id, nv, k, NULL);
+    } else {
+        nghttp2_data_provider prd = {.source.ptr = x, .read_callback = read_response_body};
+        rv = nghttp2_submit_response(s->ng, x->down.id, nv, k, &prd);
+    }
+    if (nv != stackv)
+        free(nv);
+    conn_want_write(s->conn);
+    return rv == 0 ? NU_OK : NU_ERR_PROTO;
+}
+
+static void h2s_resume(struct exchange *x)
+{
+    struct h2s *s = side_h2s(x);
+    /* Fails harmlessly when the provider is not deferred (it will read anyway). */
+    nghttp2_session_resume_data(s->ng, x->down.id);
+    conn_want_write(s->conn);
+}
+
+static void h2s_reset(struct exchange *x, uint32_t h2_error)
+{
+    struct h2s *s = side_h2s(x);
+    nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, x->down.id, h2_error);
+    conn_want_write(s->conn);
+}
+
+static void h2s_consume(struct exchange *x, size_t n)
+{
+    struct h2s *s = side_h2s(x);
+    if (n > x->down.unconsumed)
+        n = (size_t)x->down.unconsumed;
+    if (n == 0)
+        return;
+    x->down.unconsumed -= n;
+    nghttp2_session_consume(s->ng, x->down.id, n);
+    conn_want_write(s->conn);
+}
+
+static const struct side_ops h2s_ops = {
+    .submit_headers = h2s_submit_headers,
+    .resume = h2s_resume,
+    .reset = h2s_reset,
+    .consume = h2s_consume,
+};
+
+static const char http1_reply[] = "HTTP/1.1 505 HTTP Version Not Supported\r\n"
+                                  "content-type: text/plain\r\n"
+                                  "connection: close\r\n"
+                                  "content-length: 72\r\n\r\n"
+                                  "nuncio: this listener speaks HTTP/2 only (h2c with prior knowledge) now\n";
+
+static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
+{
+    struct h2s *s = c->codec;
+    ssize_t rv = nghttp2_session_mem_recv(s->ng, p, n);
+    if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC && n >= 4 && memcmp(p, "PRI ", 4) != 0) {
+        nu_log(NU_LOG_INFO, "[c%llu] %s sent HTTP/1 to an HTTP/2 listener: answered 505", (unsigned long long)c->id,
+               c->peer);
+        buf_append(&c->wbuf, http1_reply, sizeof http1_reply - 1);
+        c->finishing = 1;
+        return 0;
+    }
+    if (rv < 0) {
+        nu_log(NU_LOG_INFO, "[c%llu] %s: HTTP/2 error: %s", (unsigned long long)c->id, c->peer,
+               nghttp2_strerror((int)rv));
+        return NU_ERR_PROTO;
+    }
+    return 0;
+}
+
+static int h2s_fill(struct conn *c)
+{
+    struct h2s *s = c->codec;
+    while (buf_size(&c->wbuf) < CONN_WBUF_HIGH) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(s->ng, &data);
+        if (n < 0) {
+            nu_log(NU_LOG_WARN, "[c%llu] HTTP/2 send error: %s", (unsigned long long)c->id,
+                   nghttp2_strerror((int)n));
+            return NU_ERR_PROTO;
+        }
+        if (n == 0)
+            break;
+        /* mem_send's pointer is valid only until the next call: copy now. */
+        if (buf_append(&c->wbuf, data, (size_t)n) != NU_OK)
+            return NU_ERR_NOMEM;
+    }
+    if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng))
+        return 1;
+    return 0;
+}
+
+static void h2s_on_close(struct conn *c, int err)
+{
+    struct h2s *s = c->codec;
+    /* nghttp2_session_del reports no stream closes, so tell every stream here. */
+    while (s->sides) {
+        struct side *sd = s->sides;
+        struct exchange *x = sd->x;
+        unlink_side(s, sd);
+        nghttp2_session_set_stream_user_data(s->ng, sd->id, NULL);
+        sd->ops = NULL;
+        sd->codec = NULL;
+        sd->unconsumed = 0;
+        x->down_ev->on_close(x, NGHTTP2_CANCEL, err == NU_OK ? NU_ERR_CLOSED : err);
+    }
+}
+
+static void h2s_free(void *codec)
+{
+    struct h2s *s = codec;
+    nghttp2_session_del(s->ng);
+    free(s);
+}
+
+static const struct conn_handler h2s_handler = {
+    .on_read = h2s_on_read,
+    .fill = h2s_fill,
+    .on_close = h2s_on_close,
+    .free = h2s_free,
+};
+
+int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams)
+{
+    struct h2s *s = calloc(1, sizeof *s);
+    if (!s)
+        return NU_ERR_NOMEM;
+    s->conn = c;
+    s->open = open;
+    s->open_arg = arg;
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0) {
+        free(s);
+        return NU_ERR_NOMEM;
+    }
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk_recv);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_option *opt = h2_new_option();
+    int rv = opt ? nghttp2_session_server_new2(&s->ng, cb, s, opt) : NGHTTP2_ERR_NOMEM;
+    nghttp2_session_callbacks_del(cb);
+    if (opt)
+        nghttp2_option_del(opt);
+    if (rv != 0 || h2_send_settings(s->ng, max_streams) != NU_OK) {
+        if (rv == 0)
+            nghttp2_session_del(s->ng);
+        free(s);
+        return NU_ERR_NOMEM;
+    }
+    conn_set_handler(c, &h2s_handler, s);
+    return NU_OK;
+}

@@ -1,0 +1,13 @@
+/* Downstream HTTP/2 codec: an nghttp2 server session on an accepted conn. */
+#ifndef NUNCIO_H2S_H
+#define NUNCIO_H2S_H
+
+struct conn;
+struct exchange;
+
+/* Makes the exchange for a new downstream stream; NULL refuses it. */
+typedef struct exchange *(*h2s_open_fn)(void *arg, struct conn *c);
+
+int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams);
+
+#endif

@@ -1,0 +1,38 @@
+/* The header map of one message: an ordered list of (name, value) pairs.
+ * Pseudo-headers (:method, :path, :authority, :scheme, :status) are stored
+ * like any header so filters read them the way Envoy's Lua API does.
+ * Names are kept lower-case (HTTP/2 requires it; HTTP/1 names are folded).
+ * The map owns copies of every name and value. */
+#ifndef NUNCIO_HDR_H
+#define NUNCIO_HDR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct hdr_entry {
+    char *name; /* NUL-terminated; value follows in the same allocation */
+    char *value;
+    uint32_t nlen, vlen;
+};
+
+struct hdr_map {
+    struct hdr_entry *v;
+    uint32_t n, cap;
+    size_t bytes; /* sum of name and value lengths, for limits */
+};
+
+int hdr_add(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen);
+/* Replaces the first value of name and removes the others; adds it if absent. */
+int hdr_set(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen);
+/* Removes every value of name; returns how many were removed. */
+int hdr_remove(struct hdr_map *m, const char *name, size_t nlen);
+/* The index of the k-th (0-based) entry named name, or -1. Case-insensitive. */
+int hdr_find(const struct hdr_map *m, const char *name, size_t nlen, int k);
+int hdr_count(const struct hdr_map *m, const char *name, size_t nlen);
+/* The first value of name (borrowed: valid until the map changes), or NULL. */
+const char *hdr_get(const struct hdr_map *m, const char *name, size_t nlen, size_t *vlen);
+void hdr_clear(struct hdr_map *m);
+
+#define HDR_LIT(s) (s), (sizeof(s) - 1)
+
+#endif

@@ -1,0 +1,29 @@
+/* Bound sockets that accept downstream connections and hand them to a codec. */
+#ifndef NUNCIO_LISTENER_H
+#define NUNCIO_LISTENER_H
+
+#include <ev.h>
+
+struct worker;
+struct conn;
+
+/* Attaches a protocol to a freshly accepted connection; returns 0 or an nu_err. */
+typedef int (*listener_attach_fn)(struct conn *c, void *arg);
+
+struct listener {
+    struct listener *next;
+    struct worker *w;
+    int fd;
+    ev_io io;
+    listener_attach_fn attach;
+    void *arg;
+    int port; /* the bound port (useful when 0 was asked for) */
+    char name[128];
+};
+
+/* Binds address:port (SO_REUSEPORT, so workers can each bind it). */
+struct listener *listener_open(struct worker *w, const char *name, const char *address, int port,
+                               listener_attach_fn attach, void *arg, int *err);
+void listener_close(struct listener *l);
+
+#endif

@@ -1,0 +1,226 @@
+#include "lua_bridge.h"
+#include "config.h"
+#include "log.h"
+#include "nuncio.h"
+#include "stream.h"
+#include "worker.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef NUNCIO_LUA_DIR
+#define NUNCIO_LUA_DIR "lua"
+#endif
+#ifndef NUNCIO_FILTERS_DIR
+#define NUNCIO_FILTERS_DIR "filters"
+#endif
+
+int luaopen_nuncio_yaml(lua_State *L); /* yaml.c */
+
+/* Registry keys of the runtime's phase functions, filled at load. */
+static const char *const phase_fn[LB_PHASE_COUNT] = {"request_headers", "response_headers", "response_trailers",
+                                                     "log"};
+static const char RUNTIME_KEY[] = "nuncio.runtime";
+
+static int append_dir(luaL_Buffer *b, const char *dir)
+{
+    luaL_addstring(b, dir);
+    luaL_addstring(b, "/?.lua;");
+    luaL_addstring(b, dir);
+    luaL_addstring(b, "/?/init.lua;");
+    return 0;
+}
+
+struct lua_State *lua_bridge_new(const struct lua_bridge_opts *o)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        nu_log(NU_LOG_ERROR, "cannot create a Lua state: out of memory");
+        return NULL;
+    }
+    luaL_openlibs(L);
+    /* Search order: --lua-path dirs, $NUNCIO_LUA_PATH, then the bundled
+     * modules and filters; a user module with a bundled name wins. */
+    const char *lua_dir = getenv("NUNCIO_LUA_DIR");
+    if (!lua_dir || !*lua_dir)
+        lua_dir = NUNCIO_LUA_DIR;
+    const char *filters_dir = getenv("NUNCIO_FILTERS_DIR");
+    if (!filters_dir || !*filters_dir)
+        filters_dir = NUNCIO_FILTERS_DIR;
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    /* The buffer owns the stack top until pushresult: add the old path last via addvalue. */
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 0; i < o->n_lua_path; i++)
+        append_dir(&b, o->lua_path[i]);
+    const char *envp = getenv("NUNCIO_LUA_PATH");
+    if (envp && *envp) {
+        luaL_addstring(&b, envp);
+        luaL_addstring(&b, ";");
+    }
+    append_dir(&b, lua_dir);
+    append_dir(&b, filters_dir);
+    luaL_pushresult(&b);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, luaopen_nuncio_yaml);
+    lua_setfield(L, -2, "nuncio.yaml");
+    lua_pop(L, 2);
+
+    lua_getglobal(L, "require");
+    lua_pushstring(L, RUNTIME_KEY);
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        nu_log(NU_LOG_ERROR, "cannot load the Lua runtime: %s", lua_tostring(L, -1));
+        lua_close(L);
+        return NULL;
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    return L;
+}
+
+static void push_string_list(lua_State *L, const char *const *v, int n)
+{
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, v[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+static void log_list(lua_State *L, int idx, int level, const char *what)
+{
+    if (!lua_istable(L, idx))
+        return;
+    size_t n = lua_objlen(L, idx);
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, (int)i);
+        nu_log(level, "%s%s", what, lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+        lua_pop(L, 1);
+    }
+}
+
+int lua_bridge_load_config(struct lua_State *L, const struct lua_bridge_opts *o, struct nu_config *cfg,
+                           int validate_only)
+{
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    lua_getfield(L, -1, "configure");
+    lua_createtable(L, 0, 4);
+    if (o->config_path) {
+        lua_pushstring(L, o->config_path);
+        lua_setfield(L, -2, "config");
+    }
+    push_string_list(L, o->ambassador, o->n_ambassador);
+    lua_setfield(L, -2, "ambassador");
+    lua_pushboolean(L, validate_only);
+    lua_setfield(L, -2, "validate_only");
+    if (lua_pcall(L, 1, 3, 0) != 0) {
+        nu_log(NU_LOG_ERROR, "configuration: %s", lua_tostring(L, -1));
+        lua_settop(L, top);
+        return NU_ERR_CONFIG;
+    }
+    int model = top + 2, errs = top + 3, warns = top + 4;
+    log_list(L, warns, NU_LOG_WARN, "config: ");
+    if (lua_isnil(L, model)) {
+        log_list(L, errs, NU_LOG_ERROR, "config error: ");
+        lua_settop(L, top);
+        return NU_ERR_CONFIG;
+    }
+    char err[512];
+    int rc = config_from_lua(L, model, cfg, err, sizeof err);
+    if (rc != NU_OK)
+        nu_log(NU_LOG_ERROR, "config error: %s", err);
+    lua_settop(L, top);
+    return rc;
+}
+
+/* Caches per worker which phases have work, so empty phases cost nothing. */
+static void load_wants(struct worker *w)
+{
+    lua_State *L = w->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    lua_getfield(L, -1, "wants");
+    for (int p = 0; p < LB_PHASE_COUNT; p++) {
+        lua_getfield(L, -1, phase_fn[p]);
+        w->lua_wants[p] = (unsigned char)lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+}
+
+void lua_bridge_attach(struct worker *w, struct lua_State *L)
+{
+    w->L = L;
+    load_wants(w);
+}
+
+int lua_bridge_wants(struct worker *w, int phase)
+{
+    return w->lua_wants[phase];
+}
+
+int lua_bridge_run(struct worker *w, struct stream *st, int phase)
+{
+    lua_State *L = w->L;
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    lua_getfield(L, -1, phase_fn[phase]);
+    int rc;
+    const char *err = NULL;
+    if (phase == LB_PHASE_LOG) {
+        /* The log phase never waits, so it skips the coroutine. */
+        lua_pushlightuserdata(L, st);
+        rc = lua_pcall(L, 1, 2, 0);
+        if (rc != 0) {
+            err = lua_tostring(L, -1);
+        } else if (lua_tointeger(L, -2) < 0) {
+            err = lua_tostring(L, -1);
+            rc = -1;
+        }
+    } else {
+        /* One coroutine per phase run, so a filter can later wait without blocking the loop. */
+        lua_State *co = lua_newthread(L);
+        lua_pushvalue(L, -2);
+        lua_xmove(L, co, 1);
+        lua_pushlightuserdata(co, st);
+        rc = lua_resume(co, 1);
+        if (rc == LUA_YIELD) {
+            err = "a filter yielded: waiting inside a filter is not supported yet";
+            rc = -1;
+        } else if (rc != 0) {
+            err = lua_tostring(co, -1);
+        } else {
+            int r = (int)lua_tointeger(co, 1);
+            if (r < 0) {
+                err = lua_tostring(co, 2);
+                rc = -1;
+            } else {
+                rc = 0;
+                lua_settop(L, top);
+                return r == LB_REPLIED ? LB_REPLIED : LB_CONTINUE;
+            }
+        }
+        if (err) {
+            nu_log(NU_LOG_ERROR, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id,
+                   err);
+            err = NULL;
+        }
+    }
+    if (err)
+        nu_log(NU_LOG_ERROR, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id, err);
+    lua_settop(L, top);
+    return rc == 0 ? LB_CONTINUE : NU_ERR_LUA;
+}
+
+void lua_bridge_close(struct lua_State *L)
+{
+    if (L)
+        lua_close(L);
+}

@@ -1,0 +1,47 @@
+/* The per-worker Lua VM: loads the bundled runtime, runs filter phases in
+ * coroutines, reports filter errors. C enters Lua only here. */
+#ifndef NUNCIO_LUA_BRIDGE_H
+#define NUNCIO_LUA_BRIDGE_H
+
+struct lua_State;
+struct worker;
+struct stream;
+struct nu_config;
+
+enum lb_phase {
+    LB_PHASE_REQUEST_HEADERS = 0,
+    LB_PHASE_RESPONSE_HEADERS = 1,
+    LB_PHASE_RESPONSE_TRAILERS = 2,
+    LB_PHASE_LOG = 3,
+    LB_PHASE_COUNT,
+};
+
+enum lb_result {
+    LB_CONTINUE = 0,
+    LB_REPLIED = 1, /* a filter made a local reply */
+};
+
+struct lua_bridge_opts {
+    const char *config_path;        /* native config, may be NULL */
+    const char *const *ambassador;  /* Ambassador resource paths */
+    int n_ambassador;
+    const char *const *lua_path;    /* directories searched before the bundled modules */
+    int n_lua_path;
+};
+
+/* A new VM with the bundled modules on its path. NULL on failure (logged). */
+struct lua_State *lua_bridge_new(const struct lua_bridge_opts *o);
+/* Loads and validates the configuration, logs every warning and error, and
+ * (unless validate_only) installs it for request handling. Fills cfg. */
+int lua_bridge_load_config(struct lua_State *L, const struct lua_bridge_opts *o, struct nu_config *cfg,
+                           int validate_only);
+/* Runs one phase of the chain for st. Returns an lb_result, or NU_ERR_LUA
+ * after logging the filter's error (the caller replies 500). */
+int lua_bridge_run(struct worker *w, struct stream *st, int phase);
+/* Gives the worker its VM (configured by lua_bridge_load_config). */
+void lua_bridge_attach(struct worker *w, struct lua_State *L);
+/* Does any filter in the chain act in this phase? (Skips empty phases.) */
+int lua_bridge_wants(struct worker *w, int phase);
+void lua_bridge_close(struct lua_State *L);
+
+#endif

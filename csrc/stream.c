@@ -1,0 +1,491 @@
+#include "stream.h"
+#include "conn.h"
+#include "grpc.h"
+#include "log.h"
+#include "lua_bridge.h"
+#include "nuncio.h"
+#include "upstream.h"
+
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct exchange_events down_events;
+static const struct exchange_events up_events;
+
+static struct stream *st_of(struct exchange *x)
+{
+    return nu_container_of(x, struct stream, x);
+}
+
+static void log_line(struct stream *st, const char *what)
+{
+    if (!nu_log_enabled(NU_LOG_INFO))
+        return;
+    size_t ml = 0, pl = 0, sl = 0, gl = 0;
+    const char *m = hdr_get(&st->x.req.hdrs, HDR_LIT(":method"), &ml);
+    const char *p = hdr_get(&st->x.req.hdrs, HDR_LIT(":path"), &pl);
+    const char *s = hdr_get(&st->x.resp.hdrs, HDR_LIT(":status"), &sl);
+    const char *g = hdr_get(&st->x.resp.trailers, HDR_LIT("grpc-status"), &gl);
+    if (!g)
+        g = hdr_get(&st->x.resp.hdrs, HDR_LIT("grpc-status"), &gl);
+    double ms = st->w ? (ev_now(st->w->loop) - st->started) * 1000.0 : 0;
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] %s %.*s %.*s %.*s grpc-status=%.*s in=%llu out=%llu %.1fms%s%s",
+           (unsigned long long)st->conn_id, (unsigned long long)st->id, st->peer, (int)ml, m ? m : "-", (int)pl,
+           p ? p : "-", (int)sl, s ? s : "-", (int)(g ? gl : 1), g ? g : "-",
+           (unsigned long long)st->x.req.body_bytes, (unsigned long long)st->x.resp.body_bytes, ms,
+           what ? " " : "", what ? what : "");
+}
+
+static void stream_free_deferred(struct worker_defer *d)
+{
+    stream_free(nu_container_of(d, struct stream, defer));
+}
+
+void stream_free(struct stream *st)
+{
+    if (st->flags & ST_F_TIMER)
+        ev_timer_stop(st->w->loop, &st->timer);
+    hdr_clear(&st->x.req.hdrs);
+    hdr_clear(&st->x.req.trailers);
+    hdr_clear(&st->x.resp.hdrs);
+    hdr_clear(&st->x.resp.trailers);
+    chunkq_clear(&st->x.req.body);
+    chunkq_clear(&st->x.resp.body);
+    free(st->details);
+    if (st->w)
+        st->w->live_streams--;
+    free(st);
+}
+
+/* Frees the stream once both codecs have let go of it and its log phase ran. */
+static void maybe_free(struct stream *st)
+{
+    if (st->x.down.ops || st->x.up.ops || !(st->flags & ST_F_LOGGED) || (st->flags & ST_F_FREE_QUEUED))
+        return;
+    st->flags |= ST_F_FREE_QUEUED;
+    worker_defer(st->w, &st->defer);
+}
+
+static void stop_timer(struct stream *st)
+{
+    if (st->flags & ST_F_TIMER) {
+        ev_timer_stop(st->w->loop, &st->timer);
+        st->flags &= ~ST_F_TIMER;
+    }
+}
+
+int stream_is_alive(const struct stream *st)
+{
+    return !(st->flags & ST_F_LOGGED);
+}
+
+int stream_prepare_reply(struct stream *st, int status, const char *body, size_t blen, const char *details,
+                         size_t dlen)
+{
+    struct msg *r = &st->x.resp;
+    hdr_clear(&r->hdrs);
+    hdr_clear(&r->trailers);
+    chunkq_clear(&r->body);
+    free(st->details);
+    st->details = dlen ? strndup(details, dlen) : NULL;
+    st->reply_status = status;
+    st->flags |= ST_F_REPLIED;
+    r->end = 1;
+    char num[16];
+    int rc = NU_OK;
+    if (st->flags & ST_F_GRPC) {
+        /* Envoy's local reply to a gRPC request: trailers-only, HTTP 200, the
+         * mapped grpc-status, and the reason in grpc-message. */
+        rc |= hdr_add(&r->hdrs, HDR_LIT(":status"), HDR_LIT("200"));
+        rc |= hdr_add(&r->hdrs, HDR_LIT("content-type"), HDR_LIT("application/grpc"));
+        int n = snprintf(num, sizeof num, "%d", grpc_status_from_http(status));
+        rc |= hdr_add(&r->hdrs, HDR_LIT("grpc-status"), num, (size_t)n);
+        const char *msg = blen ? body : details;
+        size_t mlen = blen ? blen : dlen;
+        if (mlen) {
+            char enc[1024];
+            size_t el = grpc_message_encode(msg, mlen > 300 ? 300 : mlen, enc, sizeof enc);
+            rc |= hdr_add(&r->hdrs, HDR_LIT("grpc-message"), enc, el);
+        }
+    } else {
+        int n = snprintf(num, sizeof num, "%d", status);
+        rc |= hdr_add(&r->hdrs, HDR_LIT(":status"), num, (size_t)n);
+        if (blen) {
+            rc |= hdr_add(&r->hdrs, HDR_LIT("content-type"), HDR_LIT("text/plain"));
+            n = snprintf(num, sizeof num, "%zu", blen);
+            rc |= hdr_add(&r->hdrs, HDR_LIT("content-length"), num, (size_t)n);
+            rc |= chunkq_append(&r->body, (const uint8_t *)body, blen);
+        }
+    }
+    return rc ? NU_ERR_NOMEM : NU_OK;
+}
+
+/* Hands the prepared response (local or from upstream) to the downstream codec. */
+static void send_response_headers(struct stream *st)
+{
+    if (!st->x.down.ops || (st->flags & ST_F_RESP_STARTED))
+        return;
+    st->flags |= ST_F_RESP_STARTED;
+    if (st->x.down.ops->submit_headers(&st->x) != NU_OK) {
+        nu_log(NU_LOG_WARN, "[c%llu s%llu] cannot send response headers: resetting", (unsigned long long)st->conn_id,
+               (unsigned long long)st->id);
+        st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+    }
+}
+
+/* Replies locally; the upstream side, if any, is cancelled. */
+static void local_reply(struct stream *st, int status, const char *body, const char *details)
+{
+    stop_timer(st);
+    if (st->flags & ST_F_RESP_STARTED) {
+        /* Too late for a reply: end the call as a broken one. */
+        if (st->x.up.ops)
+            st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+        if (st->x.down.ops)
+            st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    /* Marked first: cancelling an upstream that never connected reports its
+     * close synchronously, and that close must not make a reply of its own. */
+    st->flags |= ST_F_REPLIED;
+    if (st->x.up.ops)
+        st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+    if (stream_prepare_reply(st, status, body, body ? strlen(body) : 0, details, details ? strlen(details) : 0) !=
+        NU_OK) {
+        if (st->x.down.ops)
+            st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    send_response_headers(st);
+}
+
+/* A gRPC call whose response already started ends with trailers naming the
+ * failure, so the client sees a status rather than a bare reset. */
+static void end_grpc_call(struct stream *st, int grpc_status, const char *message)
+{
+    struct msg *r = &st->x.resp;
+    char num[16], enc[512];
+    int n = snprintf(num, sizeof num, "%d", grpc_status);
+    hdr_clear(&r->trailers);
+    size_t el = grpc_message_encode(message, strlen(message), enc, sizeof enc);
+    if (hdr_add(&r->trailers, HDR_LIT("grpc-status"), num, (size_t)n) != NU_OK ||
+        hdr_add(&r->trailers, HDR_LIT("grpc-message"), enc, el) != NU_OK) {
+        st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    r->end = 1;
+    st->x.down.ops->resume(&st->x);
+}
+
+static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct stream *st = nu_container_of(t, struct stream, timer);
+    st->flags &= ~ST_F_TIMER;
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] route timeout (%d ms): upstream request cancelled",
+           (unsigned long long)st->conn_id, (unsigned long long)st->id, st->timeout_ms);
+    if (!(st->flags & ST_F_RESP_STARTED)) {
+        local_reply(st, 504, "upstream request timeout", "upstream_response_timeout");
+        return;
+    }
+    if (st->x.up.ops)
+        st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+    if (!st->x.down.ops)
+        return;
+    if ((st->flags & ST_F_GRPC) && !st->x.resp.end)
+        end_grpc_call(st, GRPC_UNAVAILABLE, "upstream request timeout");
+    else if (!st->x.resp.end)
+        st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+}
+
+/* Envoy's route timeout starts once the whole request has been received. */
+static void maybe_start_timer(struct stream *st)
+{
+    if (st->timeout_ms <= 0 || !st->x.req.end || !(st->flags & ST_F_PROXYING) || (st->flags & ST_F_TIMER) ||
+        st->x.resp.end)
+        return;
+    ev_timer_init(&st->timer, on_route_timeout, st->timeout_ms / 1000.0, 0.);
+    ev_timer_start(st->w->loop, &st->timer);
+    st->flags |= ST_F_TIMER;
+}
+
+/* Runs the log phase once the downstream side is done, then lets go. */
+static void finish(struct stream *st)
+{
+    if (st->flags & ST_F_LOGGED)
+        return;
+    stop_timer(st);
+    log_line(st, st->details);
+    if (lua_bridge_wants(st->w, LB_PHASE_LOG))
+        lua_bridge_run(st->w, st, LB_PHASE_LOG);
+    st->flags |= ST_F_LOGGED;
+    st->lua_phase = -1;
+    maybe_free(st);
+}
+
+struct exchange *stream_open(void *worker, struct conn *c)
+{
+    struct worker *w = worker;
+    struct stream *st = calloc(1, sizeof *st);
+    if (!st) {
+        nu_log(NU_LOG_ERROR, "[c%llu] out of memory opening a stream", (unsigned long long)c->id);
+        return NULL;
+    }
+    st->w = w;
+    st->id = ++w->next_stream_id;
+    st->conn_id = c->id;
+    snprintf(st->peer, sizeof st->peer, "%s", c->peer);
+    st->cluster = -1;
+    st->lua_phase = -1;
+    st->x.down.id = st->x.up.id = -1;
+    st->x.down_ev = &down_events;
+    st->x.up_ev = &up_events;
+    st->defer.fn = stream_free_deferred;
+    st->started = ev_now(w->loop);
+    w->live_streams++;
+    return &st->x;
+}
+
+struct stream *stream_new_test(int grpc)
+{
+    struct stream *st = calloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    st->flags = ST_F_TEST | (grpc ? ST_F_GRPC : 0);
+    st->cluster = -1;
+    st->lua_phase = LB_PHASE_REQUEST_HEADERS;
+    st->x.down.id = st->x.up.id = -1;
+    snprintf(st->peer, sizeof st->peer, "127.0.0.1:0");
+    return st;
+}
+
+/* Request headers Envoy's connection manager sets before any filter runs. */
+static int add_forwarding_headers(struct stream *st)
+{
+    struct hdr_map *h = &st->x.req.hdrs;
+    char ip[64];
+    snprintf(ip, sizeof ip, "%s", st->peer);
+    char *colon = strrchr(ip, ':');
+    if (colon)
+        *colon = '\0';
+    const char *addr = ip[0] == '[' ? ip + 1 : ip;
+    size_t alen = strlen(addr);
+    if (alen && addr[alen - 1] == ']')
+        alen--;
+    size_t xl;
+    const char *xff = hdr_get(h, HDR_LIT("x-forwarded-for"), &xl);
+    int rc;
+    if (xff) {
+        char v[1024];
+        int n = snprintf(v, sizeof v, "%.*s,%.*s", (int)xl, xff, (int)alen, addr);
+        rc = hdr_set(h, HDR_LIT("x-forwarded-for"), v, (size_t)(n < (int)sizeof v ? n : (int)sizeof v - 1));
+    } else {
+        rc = hdr_add(h, HDR_LIT("x-forwarded-for"), addr, alen);
+    }
+    const char *proto = (st->flags & ST_F_SECURE) ? "https" : "http";
+    rc |= hdr_set(h, HDR_LIT("x-forwarded-proto"), proto, strlen(proto));
+    return rc;
+}
+
+static void start_upstream(struct stream *st)
+{
+    const char *why = NULL;
+    st->flags |= ST_F_PROXYING;
+    if (upstream_attach(st->w->ups, st->cluster, &st->x, &why) != NU_OK) {
+        nu_log(NU_LOG_INFO, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id, why);
+        st->flags &= ~ST_F_PROXYING;
+        local_reply(st, 503, why, "upstream_reset_before_response_started");
+        return;
+    }
+    maybe_start_timer(st);
+}
+
+static void d_on_headers(struct exchange *x)
+{
+    struct stream *st = st_of(x);
+    size_t n;
+    const char *ct = hdr_get(&x->req.hdrs, HDR_LIT("content-type"), &n);
+    if (ct && grpc_is_grpc_content_type(ct, n))
+        st->flags |= ST_F_GRPC;
+    if (add_forwarding_headers(st) != NU_OK) {
+        local_reply(st, 500, "out of memory", "local_reply_nomem");
+        return;
+    }
+    st->lua_phase = LB_PHASE_REQUEST_HEADERS;
+    int rc = lua_bridge_run(st->w, st, LB_PHASE_REQUEST_HEADERS);
+    st->lua_phase = -1;
+    if (rc == LB_REPLIED) {
+        send_response_headers(st);
+        return;
+    }
+    if (rc != LB_CONTINUE) {
+        local_reply(st, 500, "filter error", "lua_filter_error");
+        return;
+    }
+    if (st->cluster < 0) {
+        local_reply(st, 500, "no upstream was chosen for this request", "no_cluster");
+        return;
+    }
+    start_upstream(st);
+}
+
+static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
+{
+    struct stream *st = st_of(x);
+    if (!x->up.ops) {
+        /* Nobody will forward these bytes (local reply, or the upstream is gone): drop them. */
+        x->down.ops->consume(x, n);
+        return;
+    }
+    if (chunkq_append(&x->req.body, p, n) != NU_OK) {
+        local_reply(st, 500, "out of memory", "local_reply_nomem");
+        x->down.ops->consume(x, n);
+        return;
+    }
+    x->up.ops->resume(x);
+}
+
+static void d_on_end(struct exchange *x)
+{
+    struct stream *st = st_of(x);
+    if (x->up.ops)
+        x->up.ops->resume(x);
+    maybe_start_timer(st);
+}
+
+static void d_on_body_taken(struct exchange *x, size_t n)
+{
+    if (x->up.ops)
+        x->up.ops->consume(x, n);
+}
+
+static void d_on_close(struct exchange *x, uint32_t h2_error, int reason)
+{
+    struct stream *st = st_of(x);
+    st->flags |= ST_F_DOWN_CLOSED;
+    if (x->up.ops && !(x->resp.end && x->req.end)) {
+        /* The client went away or cancelled: cancel the upstream call too. */
+        nu_log(NU_LOG_DEBUG, "[c%llu s%llu] downstream closed (%s): cancelling upstream",
+               (unsigned long long)st->conn_id, (unsigned long long)st->id, nghttp2_http2_strerror(h2_error));
+        x->up.ops->reset(x, NGHTTP2_CANCEL);
+    }
+    if (h2_error != NGHTTP2_NO_ERROR && !st->details)
+        st->details = strdup(reason == NU_OK ? "downstream_remote_reset" : "downstream_connection_termination");
+    finish(st);
+}
+
+static void u_on_headers(struct exchange *x)
+{
+    struct stream *st = st_of(x);
+    if (!x->down.ops) {
+        return;
+    }
+    if (lua_bridge_wants(st->w, LB_PHASE_RESPONSE_HEADERS)) {
+        st->lua_phase = LB_PHASE_RESPONSE_HEADERS;
+        int rc = lua_bridge_run(st->w, st, LB_PHASE_RESPONSE_HEADERS);
+        st->lua_phase = -1;
+        if (rc == LB_REPLIED) {
+            if (x->up.ops)
+                x->up.ops->reset(x, NGHTTP2_CANCEL);
+            send_response_headers(st);
+            return;
+        }
+        if (rc != LB_CONTINUE) {
+            local_reply(st, 500, "filter error", "lua_filter_error");
+            return;
+        }
+    }
+    send_response_headers(st);
+}
+
+static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
+{
+    struct stream *st = st_of(x);
+    if (!x->down.ops || (st->flags & ST_F_REPLIED)) {
+        x->up.ops->consume(x, n);
+        return;
+    }
+    if (chunkq_append(&x->resp.body, p, n) != NU_OK) {
+        x->up.ops->consume(x, n);
+        x->up.ops->reset(x, NGHTTP2_INTERNAL_ERROR);
+        x->down.ops->reset(x, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    x->down.ops->resume(x);
+}
+
+static void u_on_end(struct exchange *x)
+{
+    struct stream *st = st_of(x);
+    stop_timer(st);
+    if (!x->down.ops || (st->flags & ST_F_REPLIED))
+        return;
+    if (x->resp.trailers.n && lua_bridge_wants(st->w, LB_PHASE_RESPONSE_TRAILERS)) {
+        st->lua_phase = LB_PHASE_RESPONSE_TRAILERS;
+        int rc = lua_bridge_run(st->w, st, LB_PHASE_RESPONSE_TRAILERS);
+        st->lua_phase = -1;
+        if (rc != LB_CONTINUE && (st->flags & ST_F_GRPC)) {
+            end_grpc_call(st, GRPC_INTERNAL, "filter error");
+            return;
+        }
+    }
+    x->down.ops->resume(x);
+}
+
+static void u_on_body_taken(struct exchange *x, size_t n)
+{
+    if (x->down.ops)
+        x->down.ops->consume(x, n);
+}
+
+static const char *reset_reason(int reason)
+{
+    switch (reason) {
+    case NU_ERR_TIMEOUT:
+        return "upstream connect error or disconnect/reset before headers. reset reason: connection timeout";
+    case NU_ERR_IO:
+        return "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+    case NU_ERR_CLOSED:
+        return "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+    default:
+        return "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
+    }
+}
+
+static void u_on_close(struct exchange *x, uint32_t h2_error, int reason)
+{
+    struct stream *st = st_of(x);
+    if (x->resp.end || (st->flags & ST_F_REPLIED) || !x->down.ops) {
+        maybe_free(st);
+        return;
+    }
+    /* The upstream stream ended before its response did. */
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] upstream stream closed early (%s, %s)", (unsigned long long)st->conn_id,
+           (unsigned long long)st->id, nghttp2_http2_strerror(h2_error), nu_strerror(reason));
+    if (!(st->flags & ST_F_RESP_STARTED)) {
+        local_reply(st, 503, reset_reason(reason), "upstream_reset_before_response_started");
+    } else if (st->flags & ST_F_GRPC) {
+        end_grpc_call(st, GRPC_UNAVAILABLE,
+                      reason == NU_ERR_CLOSED ? "upstream connection terminated" : "upstream stream reset");
+    } else {
+        x->down.ops->reset(x, NGHTTP2_INTERNAL_ERROR);
+    }
+    maybe_free(st);
+}
+
+static const struct exchange_events down_events = {
+    .on_headers = d_on_headers,
+    .on_data = d_on_data,
+    .on_end = d_on_end,
+    .on_body_taken = d_on_body_taken,
+    .on_close = d_on_close,
+};
+
+static const struct exchange_events up_events = {
+    .on_headers = u_on_headers,
+    .on_data = u_on_data,
+    .on_end = u_on_end,
+    .on_body_taken = u_on_body_taken,
+    .on_close = u_on_close,
+};

@@ -1,0 +1,63 @@
+/* The exchange: one downstream stream bound to one upstream stream. The only
+ * module that knows both sides, and only through their side-ops tables. */
+#ifndef NUNCIO_STREAM_H
+#define NUNCIO_STREAM_H
+
+#include <ev.h>
+#include <stdint.h>
+
+#include "exchange.h"
+#include "worker.h"
+
+struct conn;
+
+/* Which header map an FFI call means (ffi.h callers pass these ints). */
+enum stream_map {
+    STREAM_MAP_REQUEST = 0,
+    STREAM_MAP_RESPONSE = 1,
+    STREAM_MAP_TRAILERS = 2,
+    STREAM_MAP_REQUEST_TRAILERS = 3,
+};
+
+/* Why a stream is in the state it is in; each flag names a reason. */
+enum stream_flags {
+    ST_F_GRPC = 1 << 0,          /* request content-type is application/grpc* */
+    ST_F_PROXYING = 1 << 1,      /* request went to an upstream */
+    ST_F_REPLIED = 1 << 2,       /* a local reply replaced the upstream response */
+    ST_F_RESP_STARTED = 1 << 3,  /* response headers were handed to the downstream codec */
+    ST_F_DOWN_CLOSED = 1 << 4,   /* downstream stream is gone */
+    ST_F_LOGGED = 1 << 5,        /* the log phase ran */
+    ST_F_TEST = 1 << 6,          /* made by nu_ffi_test_stream_new: no codecs */
+    ST_F_TIMER = 1 << 7,         /* route timeout armed */
+    ST_F_FREE_QUEUED = 1 << 8,   /* handed to the worker sweep */
+    ST_F_SECURE = 1 << 9,        /* downstream is TLS */
+};
+
+struct stream {
+    struct exchange x; /* first: codecs hold &st->x */
+    struct worker *w;  /* NULL for test streams */
+    struct worker_defer defer;
+    uint64_t id;
+    uint64_t conn_id;
+    int local_port;
+    char peer[64];
+    unsigned flags;
+    int lua_phase;  /* phase whose Lua code may run now, -1 none */
+    int cluster;    /* chosen upstream cluster, -1 none */
+    int timeout_ms; /* route timeout, 0 none */
+    int reply_status;
+    char *details; /* why a local reply was made (Envoy's response code details) */
+    ev_timer timer;
+    ev_tstamp started;
+};
+
+/* h2s_open_fn: creates the exchange for a new downstream stream on conn c. */
+struct exchange *stream_open(void *worker, struct conn *c);
+/* Builds a local reply in the response maps; stream_send_reply submits it. */
+int stream_prepare_reply(struct stream *st, int status, const char *body, size_t blen, const char *details,
+                         size_t dlen);
+int stream_is_alive(const struct stream *st);
+struct stream *stream_new_test(int grpc);
+void stream_free(struct stream *st);
+
+#endif

@@ -1,0 +1,204 @@
+/* The nu_ffi_* exports that act on a stream: thin checks, then hdr_* and
+ * stream_* calls. Declared once in ffi.h. */
+#include "ffi.h"
+#include "hdr.h"
+#include "log.h"
+#include "lua_bridge.h"
+#include "nuncio.h"
+#include "stream.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static struct hdr_map *map_of(struct stream *st, int which)
+{
+    switch (which) {
+    case STREAM_MAP_REQUEST:
+        return &st->x.req.hdrs;
+    case STREAM_MAP_RESPONSE:
+        return &st->x.resp.hdrs;
+    case STREAM_MAP_TRAILERS:
+        return &st->x.resp.trailers;
+    case STREAM_MAP_REQUEST_TRAILERS:
+        return &st->x.req.trailers;
+    default:
+        return NULL;
+    }
+}
+
+/* A map may change only until it has been handed to the codec that sends it. */
+static int writable(struct stream *st, int which)
+{
+    if (!stream_is_alive(st))
+        return 0;
+    switch (which) {
+    case STREAM_MAP_REQUEST:
+    case STREAM_MAP_REQUEST_TRAILERS:
+        return !(st->flags & ST_F_PROXYING);
+    case STREAM_MAP_RESPONSE:
+        return !(st->flags & ST_F_RESP_STARTED);
+    case STREAM_MAP_TRAILERS:
+        return !(st->flags & ST_F_RESP_STARTED) || st->lua_phase == LB_PHASE_RESPONSE_TRAILERS;
+    default:
+        return 0;
+    }
+}
+
+int nu_ffi_hdr_count(struct stream *st, int which, const char *name, size_t nlen)
+{
+    struct hdr_map *m = map_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    return name ? hdr_count(m, name, nlen) : (int)m->n;
+}
+
+int nu_ffi_hdr_get(struct stream *st, int which, const char *name, size_t nlen, int k, const char **value, size_t *vlen)
+{
+    struct hdr_map *m = map_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    int i = hdr_find(m, name, nlen, k);
+    if (i < 0)
+        return NU_FFI_DECLINED;
+    *value = m->v[i].value;
+    *vlen = m->v[i].vlen;
+    return NU_FFI_OK;
+}
+
+int nu_ffi_hdr_at(struct stream *st, int which, int i, const char **name, size_t *nlen, const char **value, size_t *vlen)
+{
+    struct hdr_map *m = map_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    if (i < 0 || (uint32_t)i >= m->n)
+        return NU_FFI_DECLINED;
+    *name = m->v[i].name;
+    *nlen = m->v[i].nlen;
+    *value = m->v[i].value;
+    *vlen = m->v[i].vlen;
+    return NU_FFI_OK;
+}
+
+int nu_ffi_hdr_set(struct stream *st, int which, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    struct hdr_map *m = map_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    if (!writable(st, which))
+        return NU_FFI_BAD_CONTEXT;
+    return hdr_set(m, name, nlen, value, vlen) == NU_OK ? NU_FFI_OK : NU_FFI_ERROR;
+}
+
+int nu_ffi_hdr_add(struct stream *st, int which, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    struct hdr_map *m = map_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    if (!writable(st, which))
+        return NU_FFI_BAD_CONTEXT;
+    return hdr_add(m, name, nlen, value, vlen) == NU_OK ? NU_FFI_OK : NU_FFI_ERROR;
+}
+
+int nu_ffi_hdr_remove(struct stream *st, int which, const char *name, size_t nlen)
+{
+    struct hdr_map *m = map_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    if (!writable(st, which))
+        return NU_FFI_BAD_CONTEXT;
+    return hdr_remove(m, name, nlen);
+}
+
+int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out)
+{
+    out->stream_id = st->id;
+    out->conn_id = st->conn_id;
+    out->grpc = (st->flags & ST_F_GRPC) != 0;
+    out->secure = (st->flags & ST_F_SECURE) != 0;
+    out->phase = st->lua_phase;
+    out->local_port = st->local_port;
+    memcpy(out->peer, st->peer, sizeof out->peer);
+    return NU_FFI_OK;
+}
+
+int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms)
+{
+    if (st->lua_phase != LB_PHASE_REQUEST_HEADERS || (st->flags & (ST_F_PROXYING | ST_F_REPLIED)))
+        return NU_FFI_BAD_CONTEXT;
+    if (cluster < 0 || timeout_ms < 0)
+        return NU_FFI_ERROR;
+    st->cluster = cluster;
+    st->timeout_ms = timeout_ms;
+    return NU_FFI_OK;
+}
+
+int nu_ffi_stream_get_upstream(struct stream *st, int *cluster, int *timeout_ms)
+{
+    *cluster = st->cluster;
+    *timeout_ms = st->timeout_ms;
+    return st->cluster < 0 ? NU_FFI_DECLINED : NU_FFI_OK;
+}
+
+int nu_ffi_stream_respond(struct stream *st, int status, const char *body, size_t blen, const char *details, size_t dlen)
+{
+    if (st->lua_phase != LB_PHASE_REQUEST_HEADERS && st->lua_phase != LB_PHASE_RESPONSE_HEADERS)
+        return NU_FFI_BAD_CONTEXT;
+    if ((st->flags & ST_F_RESP_STARTED) || !stream_is_alive(st))
+        return NU_FFI_BAD_CONTEXT;
+    if (status < 200 || status > 599)
+        return NU_FFI_ERROR;
+    return stream_prepare_reply(st, status, body, blen, details, dlen) == NU_OK ? NU_FFI_OK : NU_FFI_ERROR;
+}
+
+int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t cap, size_t *blen)
+{
+    if (!(st->flags & ST_F_REPLIED))
+        return NU_FFI_DECLINED;
+    *status = st->reply_status;
+    /* Peek without draining: copy chunk by chunk. */
+    size_t n = 0;
+    for (struct chunk *c = st->x.resp.body.head; c && n < cap; c = c->next) {
+        size_t k = c->len - c->off;
+        if (k > cap - n)
+            k = cap - n;
+        memcpy(body + n, c->data + c->off, k);
+        n += k;
+    }
+    *blen = st->x.resp.body.bytes;
+    return NU_FFI_OK;
+}
+
+int nu_ffi_log(int level, const char *msg, size_t len)
+{
+    if (level < NU_LOG_DEBUG || level > NU_LOG_ERROR)
+        level = NU_LOG_INFO;
+    if (nu_log_enabled(level))
+        nu_log(level, "%.*s", (int)(len > 4000 ? 4000 : len), msg);
+    return NU_FFI_OK;
+}
+
+int nu_ffi_test_stream_new(struct stream **out, int grpc)
+{
+    *out = stream_new_test(grpc);
+    return *out ? NU_FFI_OK : NU_FFI_ERROR;
+}
+
+int nu_ffi_test_stream_set_phase(struct stream *st, int phase)
+{
+    if (!(st->flags & ST_F_TEST))
+        return NU_FFI_BAD_CONTEXT;
+    st->lua_phase = phase;
+    if (phase == LB_PHASE_RESPONSE_HEADERS) {
+        /* In specs the "upstream" response is whatever the spec put in the map. */
+        st->flags |= ST_F_PROXYING;
+    }
+    return NU_FFI_OK;
+}
+
+int nu_ffi_test_stream_free(struct stream *st)
+{
+    if (!(st->flags & ST_F_TEST))
+        return NU_FFI_BAD_CONTEXT;
+    stream_free(st);
+    return NU_FFI_OK;
+}

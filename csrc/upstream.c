@@ -1,0 +1,108 @@
+#include "upstream.h"
+#include "config.h"
+#include "h2c.h"
+#include "log.h"
+#include "nuncio.h"
+#include "worker.h"
+
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void on_conn_gone(void *owner, struct h2c *h)
+{
+    struct upstream_cluster *c = owner;
+    if (c->current == h)
+        c->current = NULL;
+}
+
+struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *cfg)
+{
+    struct upstream_set *u = calloc(1, sizeof *u);
+    if (!u)
+        return NULL;
+    u->w = w;
+    if (cfg->n_clusters) {
+        u->v = calloc(cfg->n_clusters, sizeof *u->v);
+        if (!u->v) {
+            free(u);
+            return NULL;
+        }
+    }
+    u->n = cfg->n_clusters;
+    for (size_t i = 0; i < u->n; i++) {
+        const struct nu_cluster_cfg *cc = &cfg->clusters[i];
+        u->v[i].name = strdup(cc->name);
+        u->v[i].host = strdup(cc->host);
+        if (!u->v[i].name || !u->v[i].host) {
+            upstream_set_free(u);
+            return NULL;
+        }
+        u->v[i].port = cc->port;
+        u->v[i].http2 = cc->http2;
+        u->v[i].connect_timeout_ms = cc->connect_timeout_ms;
+    }
+    return u;
+}
+
+void upstream_set_free(struct upstream_set *u)
+{
+    if (!u)
+        return;
+    for (size_t i = 0; i < u->n; i++) {
+        if (u->v[i].current)
+            h2c_detach_owner(u->v[i].current);
+        free(u->v[i].name);
+        free(u->v[i].host);
+    }
+    free(u->v);
+    free(u);
+}
+
+static struct h2c *dial(struct upstream_set *u, struct upstream_cluster *c, const char **why)
+{
+    /* Resolution happens per dial, so a changed address is picked up on reconnect.
+     * getaddrinfo blocks: fine for IP literals and /etc/hosts names. */
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char port[16];
+    snprintf(port, sizeof port, "%d", c->port);
+    int gai = getaddrinfo(c->host, port, &hints, &res);
+    if (gai != 0) {
+        nu_log(NU_LOG_WARN, "upstream %s: cannot resolve %s: %s", c->name, c->host, gai_strerror(gai));
+        *why = "no healthy upstream";
+        return NULL;
+    }
+    char label[96];
+    snprintf(label, sizeof label, "%s (%s:%d)", c->name, c->host, c->port);
+    int err;
+    struct h2c *h = h2c_connect(u->w, res->ai_addr, res->ai_addrlen, c->connect_timeout_ms / 1000.0, label,
+                                on_conn_gone, c, &err);
+    freeaddrinfo(res);
+    if (!h) {
+        nu_log(NU_LOG_WARN, "upstream %s: cannot open a connection: %s", c->name, nu_strerror(err));
+        *why = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+        return NULL;
+    }
+    c->connects++;
+    return h;
+}
+
+int upstream_attach(struct upstream_set *u, int cluster, struct exchange *x, const char **why)
+{
+    if (cluster < 0 || (size_t)cluster >= u->n) {
+        *why = "no healthy upstream";
+        return NU_ERR_CONFIG;
+    }
+    struct upstream_cluster *c = &u->v[cluster];
+    if (!c->current || !h2c_usable(c->current)) {
+        c->current = dial(u, c, why);
+        if (!c->current)
+            return NU_ERR_IO;
+    }
+    int rc = h2c_submit(c->current, x);
+    if (rc != NU_OK)
+        *why = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+    return rc;
+}

@@ -1,0 +1,35 @@
+/* Upstream clusters and their connection pools. */
+#ifndef NUNCIO_UPSTREAM_H
+#define NUNCIO_UPSTREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct worker;
+struct exchange;
+struct h2c;
+struct nu_config;
+
+struct upstream_cluster {
+    char *name;
+    char *host;
+    int port;
+    int http2;
+    int connect_timeout_ms;
+    struct h2c *current; /* the pooled connection new streams go to */
+    uint64_t connects;   /* connections opened, for /stats */
+};
+
+struct upstream_set {
+    struct worker *w;
+    struct upstream_cluster *v;
+    size_t n;
+};
+
+struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *cfg);
+void upstream_set_free(struct upstream_set *u);
+/* Binds the exchange's upstream side to a stream on a pooled connection of
+ * the cluster (dialing one if needed). On failure *why says what to tell the client. */
+int upstream_attach(struct upstream_set *u, int cluster, struct exchange *x, const char **why);
+
+#endif

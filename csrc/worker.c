@@ -1,0 +1,136 @@
+#include "worker.h"
+#include "admin.h"
+#include "config.h"
+#include "conn.h"
+#include "h2s.h"
+#include "listener.h"
+#include "stream.h"
+#include "upstream.h"
+#include "log.h"
+#include "nuncio.h"
+
+#include <string.h>
+
+void worker_defer(struct worker *w, struct worker_defer *d)
+{
+    d->next = w->defer;
+    w->defer = d;
+}
+
+void worker_want_flush(struct worker *w, struct conn *c)
+{
+    if (c->in_pending)
+        return;
+    c->in_pending = 1;
+    c->pending_next = w->pending;
+    w->pending = c;
+}
+
+/* Runs just before the loop blocks (libev's "flush it before blocking",
+ * Redis's beforeSleep): first write what every codec queued during this loop
+ * iteration, then free what was closed, so no object dies inside a callback
+ * of the library that still holds it. */
+void worker_sweep(struct worker *w)
+{
+    /* Flushing one conn can make another pending (window updates travel the
+     * other way), so drain until nothing is left. */
+    while (w->pending) {
+        struct conn *c = w->pending;
+        w->pending = c->pending_next;
+        c->in_pending = 0;
+        c->pending_next = NULL;
+        if (!c->closing)
+            conn_flush(c);
+    }
+    while (w->defer) {
+        struct worker_defer *d = w->defer;
+        w->defer = NULL;
+        /* Freeing one object may defer others (a conn's codec releases its
+         * streams); take the list and loop until it stays empty. */
+        while (d) {
+            struct worker_defer *next = d->next;
+            d->fn(d);
+            d = next;
+        }
+        while (w->pending) {
+            struct conn *c = w->pending;
+            w->pending = c->pending_next;
+            c->in_pending = 0;
+            if (!c->closing)
+                conn_flush(c);
+        }
+    }
+}
+
+static void on_prepare(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    struct worker *w = nu_container_of(p, struct worker, sweep);
+    worker_sweep(w);
+}
+
+int worker_init(struct worker *w, struct ev_loop *loop, const struct nu_config *cfg)
+{
+    memset(w, 0, sizeof *w);
+    w->loop = loop;
+    w->cfg = cfg;
+    ev_prepare_init(&w->sweep, on_prepare);
+    ev_prepare_start(loop, &w->sweep);
+    /* The sweep must not keep the loop alive on its own. */
+    ev_unref(loop);
+    return NU_OK;
+}
+
+void worker_destroy(struct worker *w)
+{
+    worker_sweep(w);
+    ev_ref(w->loop);
+    ev_prepare_stop(w->loop, &w->sweep);
+}
+
+/* Downstream connections on data listeners speak HTTP/2 (h2c prior knowledge). */
+static int attach_h2(struct conn *c, void *arg)
+{
+    return h2s_attach(c, stream_open, arg, 1000);
+}
+
+int worker_start(struct worker *w)
+{
+    const struct nu_config *cfg = w->cfg;
+    w->ups = upstream_set_new(w, cfg);
+    if (!w->ups) {
+        nu_log(NU_LOG_ERROR, "out of memory creating upstream clusters");
+        return NU_ERR_NOMEM;
+    }
+    int err;
+    for (size_t i = 0; i < cfg->n_listeners; i++) {
+        const struct nu_listener_cfg *lc = &cfg->listeners[i];
+        struct listener *l = listener_open(w, lc->name, lc->address, lc->port, attach_h2, w, &err);
+        if (!l)
+            return err;
+        nu_log(NU_LOG_INFO, "listener %s on %s:%d (HTTP/2 cleartext)", lc->name, lc->address, l->port);
+    }
+    if (cfg->admin_enabled) {
+        struct listener *l = listener_open(w, "admin", cfg->admin_address, cfg->admin_port, admin_attach, w, &err);
+        if (!l)
+            return err;
+        nu_log(NU_LOG_INFO, "admin on %s:%d (/ready, /ambassador/v0/check_ready, /ambassador/v0/check_alive, /stats)",
+               cfg->admin_address, l->port);
+    }
+    w->ready = 1;
+    return NU_OK;
+}
+
+void worker_stop(struct worker *w)
+{
+    w->ready = 0;
+    while (w->listeners) {
+        struct listener *l = w->listeners;
+        w->listeners = l->next;
+        listener_close(l);
+    }
+    for (struct conn *c = w->conns; c; c = c->all_next)
+        conn_close(c, NU_ERR_CLOSED);
+    worker_sweep(w);
+    upstream_set_free(w->ups);
+    w->ups = NULL;
+}

@@ -1,0 +1,81 @@
+-- The only module that declares the C <-> Lua contract and touches the core
+-- library. The cdef text below is csrc/ffi.h's FFI block, character for
+-- character (spec/02-core/ffi_contract_spec.lua checks it).
+local ffi = require("ffi")
+
+local M = {}
+
+-- FFI-BEGIN
+ffi.cdef[[
+struct stream;
+struct nu_stream_info {
+    uint64_t stream_id;
+    uint64_t conn_id;
+    int grpc;
+    int secure;
+    int phase;
+    int local_port;
+    char peer[64];
+};
+int nu_ffi_hdr_count(struct stream *st, int which, const char *name, size_t nlen);
+int nu_ffi_hdr_get(struct stream *st, int which, const char *name, size_t nlen, int k, const char **value, size_t *vlen);
+int nu_ffi_hdr_at(struct stream *st, int which, int i, const char **name, size_t *nlen, const char **value, size_t *vlen);
+int nu_ffi_hdr_set(struct stream *st, int which, const char *name, size_t nlen, const char *value, size_t vlen);
+int nu_ffi_hdr_add(struct stream *st, int which, const char *name, size_t nlen, const char *value, size_t vlen);
+int nu_ffi_hdr_remove(struct stream *st, int which, const char *name, size_t nlen);
+int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out);
+int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms);
+int nu_ffi_stream_get_upstream(struct stream *st, int *cluster, int *timeout_ms);
+int nu_ffi_stream_respond(struct stream *st, int status, const char *body, size_t blen, const char *details, size_t dlen);
+int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t cap, size_t *blen);
+int nu_ffi_log(int level, const char *msg, size_t len);
+int nu_ffi_test_stream_new(struct stream **out, int grpc);
+int nu_ffi_test_stream_set_phase(struct stream *st, int phase);
+int nu_ffi_test_stream_free(struct stream *st);
+]]
+-- FFI-END
+
+M.OK = 0
+M.ERROR = -1
+M.DECLINED = -5
+M.BAD_CONTEXT = -101
+
+-- Header map selectors (enum stream_map in csrc/stream.h).
+M.REQUEST = 0
+M.RESPONSE = 1
+M.TRAILERS = 2
+M.REQUEST_TRAILERS = 3
+
+-- Phases (enum lb_phase in csrc/lua_bridge.h).
+M.PHASE_REQUEST_HEADERS = 0
+M.PHASE_RESPONSE_HEADERS = 1
+M.PHASE_RESPONSE_TRAILERS = 2
+M.PHASE_LOG = 3
+
+-- Inside the proxy the core is part of the process (ffi.C); under busted it
+-- is loaded from the build folder.
+local function load_core()
+  local ok = pcall(function() return ffi.C.nu_ffi_log end)
+  if ok then return ffi.C end
+  local path = os.getenv("NUNCIO_CORE")
+  if not path or path == "" then
+    local src = os.getenv("NUNCIO_SRC") or "."
+    path = src .. "/build/libnuncio_core.so"
+  end
+  return ffi.load(path)
+end
+
+M.C = load_core()
+
+-- Scratch out-parameters, reused: no allocation per header read.
+M.str_out = ffi.new("const char *[2]")
+M.len_out = ffi.new("size_t[2]")
+M.int_out = ffi.new("int[2]")
+M.info = ffi.new("struct nu_stream_info")
+M.stream_out = ffi.new("struct stream *[1]")
+
+function M.cast_stream(ud)
+  return ffi.cast("struct stream *", ud)
+end
+
+return M

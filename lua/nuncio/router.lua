@@ -1,0 +1,578 @@
+-- The router: picks the Mapping (model route) for a request the way Emissary's generated
+-- Envoy config would (reference/ambassador-behaviour.md §1.1-1.7, §2.2-2.4).
+--
+--   local r = router.new(model)            -- compile once per config generation
+--   local route, why = r:match(req)         -- per request; why: no_route|rejected|redirect
+--   local path = router.rewrite(route, req.path)
+--
+-- Everything that can be decided from the config is decided in new(): routes are sorted,
+-- hostnames lowercased, regexes compiled and each virtual host gets its own array of
+-- candidate routes. match() then only compares strings: it creates no tables, so the
+-- per-request cost is a few string comparisons per candidate route.
+
+local regex = require("nuncio.regex")
+
+local lower = string.lower
+local sub = string.sub
+local byte = string.byte
+local find = string.find
+local format = string.format
+local sort = table.sort
+local type = type
+local pairs = pairs
+local tostring = tostring
+local setmetatable = setmetatable
+local error = error
+
+local _M = {}
+
+-- Emissary's "ACME hole-puncher": a route with exactly this prefix is routed for insecure
+-- requests even on Reject/Redirect Hosts (v3listener.py compute_http_routes). It compares
+-- Envoy's match.prefix, so prefix_exact and prefix_regex routes never qualify.
+local ACME_PREFIX = "/.well-known/acme-challenge/"
+
+local PATH_PREFIX, PATH_EXACT, PATH_REGEX = 1, 2, 3
+local HOST_EXACT, HOST_SUFFIX, HOST_PREFIX, HOST_REGEX = 1, 2, 3, 4
+local HDR_EXACT, HDR_REGEX, HDR_PRESENT = 1, 2, 3
+
+local ACTIONS = { Route = true, Redirect = true, Reject = true }
+
+---------------------------------------------------------------------------------------------
+-- Route weight (Emissary ir/irhttpmapping.py _route_weight, ir/ir.py ordered_groups)
+---------------------------------------------------------------------------------------------
+
+-- One header constraint's share of the weight. Emissary's KeyValueDecorator uses
+-- `value or "*"`, so a presence match (value true, stored as None) and an empty value both
+-- count as "*"; a regex costs one more.
+local function header_weight(name, value, is_regex)
+  if value == true or value == nil or value == "" then
+    value = "*"
+  else
+    value = tostring(value)
+  end
+  return #name + #value + (is_regex and 1 or 0), name .. "-" .. value
+end
+
+-- route_weight(route) -> { precedence, #prefix, Σheader lengths, prefix, method, keys... }
+--
+-- Header keys follow the model's headers array; Emissary's own list is exact and presence
+-- headers, then regex_headers, so config.load should keep that order. Then comes the
+-- :authority constraint Emissary synthesizes from
+-- hostname/host (even hostname "*", which Envoy then drops from the matcher), then :method.
+-- Query parameters are not in the model, so their two slots are left out: they would be 0
+-- and empty for every route and cannot change the order. A missing method counts as "GET".
+function _M.route_weight(route)
+  local sum = 0
+  local keys = {}
+  local headers = route.headers
+  if headers then
+    for i = 1, #headers do
+      local h = headers[i]
+      local len, key = header_weight(h.name, h.value, h.value ~= true and h.regex)
+      sum = sum + len
+      keys[#keys + 1] = key
+    end
+  end
+  local host = route.host
+  if host and host.value and host.value ~= "" then
+    local len, key = header_weight(":authority", host.value, host.kind == "regex")
+    sum = sum + len
+    keys[#keys + 1] = key
+  end
+  if route.method then
+    local len, key = header_weight(":method", route.method, route.method_regex)
+    sum = sum + len
+    keys[#keys + 1] = key
+  end
+
+  local prefix = route.prefix or ""
+  local w = { route.precedence or 0, #prefix, sum, prefix, route.method or "GET" }
+  for i = 1, #keys do
+    w[#w + 1] = keys[i]
+  end
+  return w
+end
+
+-- Python list comparison, descending; equal weights keep the model's order (Emissary's
+-- sorted(..., reverse=True) is stable too). Each position holds the same type in every
+-- weight, and LuaJIT compares strings bytewise, which for UTF-8 is Python's code point order.
+local function evaluated_before(a, b)
+  local wa, wb = a.weight, b.weight
+  local na, nb = #wa, #wb
+  for i = 1, (na < nb) and na or nb do
+    local x, y = wa[i], wb[i]
+    if x ~= y then
+      return x > y
+    end
+  end
+  -- Python would rank a list that extends an equal one higher, but that cannot happen
+  -- here: an extra header key would also have made Σ (position 3) larger.
+  return a.index < b.index
+end
+
+---------------------------------------------------------------------------------------------
+-- Compiling routes
+---------------------------------------------------------------------------------------------
+
+local function route_error(route, field, msg)
+  return format("%s: Mapping %s: %s: %s", route.source or "?", route.name or "?", field, msg)
+end
+
+local function compile_regex(route, field, pattern)
+  if type(pattern) ~= "string" then
+    return nil, route_error(route, field, "regex must be a string")
+  end
+  local re, err = regex.compile(pattern)
+  if not re then
+    return nil, route_error(route, field, err)
+  end
+  return re
+end
+
+-- The route's own :authority constraint, as Envoy's header matcher would apply it. glob
+-- follows v3route.py: "*" -> no matcher, "*suffix" -> suffix match, "prefix*" -> prefix
+-- match, else exact. Hostnames are case-insensitive, so glob and exact values are compared
+-- lowercased against the lowercased authority; a regex sees the authority as sent.
+local function compile_host(c, route)
+  local host = route.host
+  if not host then
+    return true
+  end
+  local kind, value = host.kind, host.value
+  if type(value) ~= "string" then
+    return nil, route_error(route, "host", "value must be a string")
+  end
+  if kind == "regex" then
+    local re, err = compile_regex(route, "host", value)
+    if not re then
+      return nil, err
+    end
+    c.host_kind, c.host_re = HOST_REGEX, re
+  elseif kind == "glob" then
+    if value == "*" or value == "" then
+      return true
+    elseif byte(value, 1) == 42 then -- '*'
+      c.host_kind, c.host_value = HOST_SUFFIX, lower(sub(value, 2))
+    elseif byte(value, -1) == 42 then
+      c.host_kind, c.host_value = HOST_PREFIX, lower(sub(value, 1, -2))
+    else
+      c.host_kind, c.host_value = HOST_EXACT, lower(value)
+    end
+  elseif kind == "exact" then
+    c.host_kind, c.host_value = HOST_EXACT, lower(value)
+  else
+    return nil, route_error(route, "host", "unknown kind " .. tostring(kind))
+  end
+  return true
+end
+
+local function compile_headers(c, route)
+  local headers = route.headers
+  if not headers or #headers == 0 then
+    return true
+  end
+  local out = {}
+  for i = 1, #headers do
+    local h = headers[i]
+    if type(h.name) ~= "string" then
+      return nil, route_error(route, "headers", "header name must be a string")
+    end
+    local m = { name = lower(h.name) }
+    if h.value == true then
+      m.kind = HDR_PRESENT
+    elseif h.regex then
+      local re, err = compile_regex(route, "headers", h.value)
+      if not re then
+        return nil, err
+      end
+      m.kind, m.re = HDR_REGEX, re
+    else
+      m.kind, m.value = HDR_EXACT, tostring(h.value)
+    end
+    out[i] = m
+  end
+  c.headers = out
+  return true
+end
+
+-- compile_route(route, index) -> the record match() walks, or nil, err
+local function compile_route(route, index)
+  if type(route) ~= "table" then
+    error("router.new: model.routes[" .. index .. "] is not a table", 3)
+  end
+  local prefix = route.prefix
+  if type(prefix) ~= "string" then
+    return nil, route_error(route, "prefix", "must be a string")
+  end
+
+  local c = {
+    route = route,
+    index = index,
+    weight = _M.route_weight(route),
+    prefix = prefix,
+    plen = #prefix,
+    -- Envoy's case_sensitive = false compares prefix/path case-insensitively; it has no
+    -- effect on safe_regex (route.proto), so regex paths stay case-sensitive.
+    ci = route.case_sensitive == false,
+    lprefix = lower(prefix),
+  }
+
+  if route.prefix_regex then  -- wins over prefix_exact (envoy/common.py)
+    local re, err = compile_regex(route, "prefix", prefix)
+    if not re then
+      return nil, err
+    end
+    c.path_kind, c.path_re = PATH_REGEX, re
+  elseif route.prefix_exact then
+    c.path_kind = PATH_EXACT
+  else
+    c.path_kind = PATH_PREFIX
+  end
+  c.acme = c.path_kind == PATH_PREFIX and prefix == ACME_PREFIX
+
+  local ok, err = compile_host(c, route)
+  if not ok then
+    return nil, err
+  end
+
+  if route.method ~= nil then
+    if type(route.method) ~= "string" then
+      return nil, route_error(route, "method", "must be a string")
+    end
+    if route.method_regex then
+      local re
+      re, err = compile_regex(route, "method", route.method)
+      if not re then
+        return nil, err
+      end
+      c.method_re = re
+    else
+      c.method = route.method
+    end
+  end
+
+  ok, err = compile_headers(c, route)
+  if not ok then
+    return nil, err
+  end
+  return c
+end
+
+---------------------------------------------------------------------------------------------
+-- Virtual hosts (Envoy VirtualHost.domains search order)
+---------------------------------------------------------------------------------------------
+
+local function sorted_lengths_desc(map)
+  local lens = {}
+  for len in pairs(map) do
+    lens[#lens + 1] = len
+  end
+  sort(lens, function(a, b) return a > b end)
+  return lens
+end
+
+-- Indexes the vhosts by their lowercased hostname. Two Hosts with the same hostname share
+-- one Emissary chain entry (v3listener.py V3Chain.add_httphost: hosts[hostname] = host),
+-- so the later Host replaces the earlier one and only its Mappings are served.
+local function build_vhosts(self, hosts)
+  local by_key = {}
+  for i = 1, #hosts do
+    local h = hosts[i]
+    if type(h) ~= "table" then
+      error("router.new: model.hosts[" .. i .. "] is not a table", 3)
+    end
+    local action = h.insecure_action
+    if action == nil then
+      -- A hand-built model (specs, tools) may leave it out; nuncio's synthesized default
+      -- Host routes cleartext (behaviour notes §2.5, no fallback cert).
+      action = "Route"
+    elseif not ACTIONS[action] then
+      return nil, format("%s: Host %s: insecure_action: must be Route, Redirect or Reject, not %s",
+                         h.source or "?", h.name or "?", tostring(action))
+    end
+    local hostname = h.hostname
+    if hostname == nil or hostname == "" then
+      hostname = "*"
+    end
+    local key = lower(hostname)
+    by_key[key] = { host = h, index = i, hostname = key, action = action, routes = {}, acme = {} }
+  end
+
+  local exact, suffix, prefix = {}, {}, {}
+  local by_index = {}
+  for key, vh in pairs(by_key) do
+    by_index[vh.index] = vh
+    if key == "*" then
+      self.star = vh
+    elseif byte(key, 1) == 42 then
+      local s = sub(key, 2)
+      suffix[#s] = suffix[#s] or {}
+      suffix[#s][s] = vh
+    elseif byte(key, -1) == 42 then
+      local p = sub(key, 1, -2)
+      prefix[#p] = prefix[#p] or {}
+      prefix[#p][p] = vh
+    else
+      exact[key] = vh
+    end
+  end
+  self.exact, self.suffix, self.prefix = exact, suffix, prefix
+  self.suffix_lens = sorted_lengths_desc(suffix)
+  self.prefix_lens = sorted_lengths_desc(prefix)
+  return by_index
+end
+
+-- Exact, then the longest "*suffix", then the longest "prefix*", then "*". A wildcard
+-- must stand for at least one character (Envoy: "*.foo.com" does not match ".foo.com").
+-- la is the lowercased authority, port included: "api.example.com:443" is its own name.
+local function find_vhost(self, la)
+  local vh = self.exact[la]
+  if vh then
+    return vh
+  end
+  local n = #la
+  local lens = self.suffix_lens
+  for i = 1, #lens do
+    local len = lens[i]
+    if len < n then
+      vh = self.suffix[len][sub(la, n - len + 1)]
+      if vh then
+        return vh
+      end
+    end
+  end
+  lens = self.prefix_lens
+  for i = 1, #lens do
+    local len = lens[i]
+    if len < n then
+      vh = self.prefix[len][sub(la, 1, len)]
+      if vh then
+        return vh
+      end
+    end
+  end
+  return self.star
+end
+
+---------------------------------------------------------------------------------------------
+-- Matching
+---------------------------------------------------------------------------------------------
+
+-- Envoy keeps pseudo-headers in the same map as the others, so a header constraint on
+-- ":authority" (regex_headers) or ":method" must see them.
+local function header_value(req, name)
+  if byte(name, 1) == 58 then -- ':'
+    if name == ":authority" then
+      return req.authority
+    elseif name == ":method" then
+      return req.method
+    elseif name == ":path" then
+      return req.path
+    end
+  end
+  local get = req.header
+  if get then
+    return get(name)
+  end
+  return nil
+end
+
+-- Does compiled route c match? path is the full :path, plen its length without the query
+-- string (the query never takes part in path matching); la is the lowercased authority.
+local function route_matches(c, req, path, plen, authority, la)
+  local kind = c.path_kind
+  if kind == PATH_REGEX then
+    if not c.path_re:full_match(path, plen) then
+      return false
+    end
+  else
+    local n = c.plen
+    if plen < n or (kind == PATH_EXACT and plen ~= n) then
+      return false
+    end
+    if c.ci then
+      if lower(sub(path, 1, n)) ~= c.lprefix then
+        return false
+      end
+    elseif sub(path, 1, n) ~= c.prefix then
+      return false
+    end
+  end
+
+  local hk = c.host_kind
+  if hk then
+    if hk == HOST_EXACT then
+      if la ~= c.host_value then
+        return false
+      end
+    elseif hk == HOST_SUFFIX then
+      local v = c.host_value
+      if #la < #v or sub(la, #la - #v + 1) ~= v then
+        return false
+      end
+    elseif hk == HOST_PREFIX then
+      local v = c.host_value
+      if sub(la, 1, #v) ~= v then
+        return false
+      end
+    elseif not c.host_re:full_match(authority) then
+      return false
+    end
+  end
+
+  if c.method then
+    if req.method ~= c.method then
+      return false
+    end
+  elseif c.method_re then
+    if not c.method_re:full_match(req.method or "") then
+      return false
+    end
+  end
+
+  local headers = c.headers
+  if headers then
+    for i = 1, #headers do
+      local h = headers[i]
+      local v = header_value(req, h.name)
+      if v == nil then
+        return false
+      end
+      local k = h.kind
+      if k == HDR_EXACT then
+        if v ~= h.value then
+          return false
+        end
+      elseif k == HDR_REGEX then
+        if not h.re:full_match(v) then
+          return false
+        end
+      end
+    end
+  end
+  return true
+end
+
+local Router = {}
+Router.__index = Router
+
+-- r:match(req) -> route | nil, why
+-- req = { authority, path, method, header = function(name), secure = bool }
+-- why: "no_route" (no vhost or no route: 404), "rejected" (insecure on a Reject Host: 404,
+-- Emissary simply does not install those routes), "redirect" (insecure on a Redirect Host
+-- and a route matched: 301 to https).
+function Router:match(req)
+  local authority = req.authority or ""
+  local la = lower(authority)
+  local vh = find_vhost(self, la)
+  if not vh then
+    return nil, "no_route"
+  end
+
+  local path = req.path or ""
+  local q = find(path, "?", 1, true)
+  local plen = q and q - 1 or #path
+  local list = vh.routes
+  local action = req.secure and "Route" or vh.action
+
+  if action == "Reject" then
+    -- Only the ACME routes exist for insecure requests on this Host.
+    list = vh.acme
+  end
+  for i = 1, #list do
+    local c = list[i]
+    if route_matches(c, req, path, plen, authority, la) then
+      -- Redirect turns each route into an https redirect with the same match, so the
+      -- redirect happens only where a route matches; ACME challenges are still served.
+      if action == "Redirect" and not c.acme then
+        return nil, "redirect"
+      end
+      return c.route
+    end
+  end
+  if action == "Reject" then
+    return nil, "rejected"
+  end
+  return nil, "no_route"
+end
+
+-- r:routes() -> the model routes in evaluation order (a copy: for diagnostics).
+function Router:routes()
+  local out = {}
+  local ordered = self.ordered
+  for i = 1, #ordered do
+    out[i] = ordered[i].route
+  end
+  return out
+end
+
+-- router.new(model) -> r | nil, err
+-- err is "file:line: Mapping name: field: message" for a route that cannot be compiled
+-- (a bad regex), or "file:line: Host name: ..." for a Host.
+function _M.new(model)
+  if type(model) ~= "table" then
+    error("router.new: model must be a table", 2)
+  end
+  local hosts, routes = model.hosts or {}, model.routes or {}
+
+  local self = setmetatable({}, Router)
+  local by_index, err = build_vhosts(self, hosts)
+  if not by_index then
+    return nil, err
+  end
+
+  local ordered = {}
+  for i = 1, #routes do
+    local c
+    c, err = compile_route(routes[i], i)
+    if not c then
+      return nil, err
+    end
+    ordered[i] = c
+  end
+  sort(ordered, evaluated_before)
+  self.ordered = ordered
+
+  -- Per-vhost candidate lists, in evaluation order. route.hosts may name a Host twice or a
+  -- Host whose vhost was replaced by a later one with the same hostname.
+  for i = 1, #ordered do
+    local c = ordered[i]
+    local attached = c.route.hosts
+    if attached then
+      for j = 1, #attached do
+        local vh = by_index[attached[j]]
+        if vh and vh.routes[#vh.routes] ~= c then
+          vh.routes[#vh.routes + 1] = c
+          if c.acme then
+            vh.acme[#vh.acme + 1] = c
+          end
+        end
+      end
+    end
+  end
+  return self
+end
+
+-- router.rewrite(route, path) -> upstream path, with Envoy prefix_rewrite semantics:
+--  * rewrite "" (Emissary emits no prefix_rewrite at all) keeps the path unchanged;
+--  * otherwise the matched prefix, i.e. the first #route.prefix characters, is replaced and
+--    the rest of the path, query string included, is kept. Envoy replaces plainly, which
+--    gives a known surprise (behaviour notes §1.2): prefix "/foo" (no trailing slash) with
+--    the default rewrite "/" turns "/foo/bar" into "//bar". We reproduce it on purpose:
+--    the backend must see what it would see behind Emissary;
+--  * for prefix_regex routes the matched "prefix" is the whole path, so the path (not the
+--    query string) is replaced by rewrite.
+-- The path must be one this route matched.
+function _M.rewrite(route, path)
+  local rw = route.rewrite
+  if rw == nil or rw == "" then
+    return path
+  end
+  if route.prefix_regex then
+    local q = find(path, "?", 1, true)
+    return q and (rw .. sub(path, q)) or rw
+  end
+  return rw .. sub(path, #route.prefix + 1)
+end
+
+return _M

@@ -1,0 +1,244 @@
+-- The stream object filters receive: request/response header maps that live
+-- in C (read through FFI without copying the map), route lookup, local
+-- replies and a per-exchange ctx table. Phase rules are enforced in C; a
+-- call the current phase does not allow raises an error naming the call.
+local ffi = require("ffi")
+local nffi = require("nuncio.ffi")
+local log = require("nuncio.log")
+
+local C = nffi.C
+local ffi_string = ffi.string
+local str_out, len_out, int_out = nffi.str_out, nffi.len_out, nffi.int_out
+local setmetatable, tostring, tonumber, type, error, pairs = setmetatable, tostring, tonumber, type, error, pairs
+local string_format, string_byte = string.format, string.byte
+
+local OK, DECLINED, BAD_CONTEXT = nffi.OK, nffi.DECLINED, nffi.BAD_CONTEXT
+
+local M = {}
+
+local Headers = {}
+Headers.__index = Headers
+
+local function cptr(self)
+  local st = self._s._st
+  if not st then
+    error("this stream has ended; a filter kept it past its exchange", 3)
+  end
+  return st
+end
+
+local function sptr(s)
+  local st = s._st
+  if not st then
+    error("this stream has ended; a filter kept it past its exchange", 3)
+  end
+  return st
+end
+
+local function check_write(rc, what, name)
+  if rc == OK then return end
+  if rc == BAD_CONTEXT then
+    error(string_format("%s(%q): these headers were already sent and can no longer change", what, name), 3)
+  end
+  error(string_format("%s(%q) failed (out of memory?)", what, name), 3)
+end
+
+--- The first value of a header, or nil.
+function Headers:get(name)
+  local rc = C.nu_ffi_hdr_get(cptr(self), self._which, name, #name, 0, str_out, len_out)
+  if rc ~= OK then return nil end
+  return ffi_string(str_out[0], len_out[0])
+end
+
+--- Every value of a header, in order (an empty table if none).
+function Headers:get_all(name)
+  local st = cptr(self)
+  local out, k = {}, 0
+  while C.nu_ffi_hdr_get(st, self._which, name, #name, k, str_out, len_out) == OK do
+    k = k + 1
+    out[k] = ffi_string(str_out[0], len_out[0])
+  end
+  return out
+end
+
+function Headers:count(name)
+  local st = cptr(self)
+  if name then return C.nu_ffi_hdr_count(st, self._which, name, #name) end
+  return C.nu_ffi_hdr_count(st, self._which, nil, 0)
+end
+
+local function changed(self)
+  if self._which == nffi.REQUEST then
+    -- Envoy clears the route cache when a filter edits request headers;
+    -- the next route() call (and the router) selects again.
+    self._s._route = nil
+  end
+end
+
+function Headers:set(name, value)
+  value = tostring(value)
+  check_write(C.nu_ffi_hdr_set(cptr(self), self._which, name, #name, value, #value), "set", name)
+  changed(self)
+end
+
+function Headers:add(name, value)
+  value = tostring(value)
+  check_write(C.nu_ffi_hdr_add(cptr(self), self._which, name, #name, value, #value), "add", name)
+  changed(self)
+end
+
+function Headers:remove(name)
+  local rc = C.nu_ffi_hdr_remove(cptr(self), self._which, name, #name)
+  if rc < 0 then check_write(rc, "remove", name) end
+  if rc > 0 then changed(self) end
+  return rc
+end
+
+--- Iterates (name, value) over a snapshot of the map, in order.
+function Headers:pairs()
+  local st = cptr(self)
+  local n = C.nu_ffi_hdr_count(st, self._which, nil, 0)
+  local names, values = {}, {}
+  for i = 0, n - 1 do
+    if C.nu_ffi_hdr_at(st, self._which, i, str_out, len_out, str_out + 1, len_out + 1) == OK then
+      names[#names + 1] = ffi_string(str_out[0], len_out[0])
+      values[#values + 1] = ffi_string(str_out[1], len_out[1])
+    end
+  end
+  local i = 0
+  return function()
+    i = i + 1
+    if names[i] then return names[i], values[i] end
+  end
+end
+
+--- A plain table name -> value (repeated names: the values joined with ",").
+function Headers:to_table()
+  local t = {}
+  for k, v in self:pairs() do
+    t[k] = t[k] and (t[k] .. "," .. v) or v
+  end
+  return t
+end
+
+local function new_headers(s, which)
+  return setmetatable({ _s = s, _which = which }, Headers)
+end
+
+local Stream = {}
+Stream.__index = Stream
+
+--- s = stream.new(cdata_stream, chain): chain gives route() its router.
+function M.new(st, chain)
+  local s = setmetatable({ _st = st, _chain = chain, ctx = {} }, Stream)
+  s.request = new_headers(s, nffi.REQUEST)
+  s.response = new_headers(s, nffi.RESPONSE)
+  s.trailers = new_headers(s, nffi.TRAILERS)
+  s.request_trailers = new_headers(s, nffi.REQUEST_TRAILERS)
+  return s
+end
+
+function Stream:method() return self.request:get(":method") end
+function Stream:path() return self.request:get(":path") end
+function Stream:authority() return self.request:get(":authority") end
+function Stream:scheme() return self.request:get(":scheme") end
+function Stream:set_path(p) self.request:set(":path", p) end
+function Stream:set_authority(a) self.request:set(":authority", a) end
+
+--- Facts about the exchange: ids, peer address, gRPC, TLS, phase.
+function Stream:info()
+  local st = sptr(self)
+  local i = nffi.info
+  C.nu_ffi_stream_info(st, i)
+  return {
+    stream_id = tonumber(i.stream_id), conn_id = tonumber(i.conn_id), grpc = i.grpc ~= 0,
+    secure = i.secure ~= 0, phase = i.phase, local_port = i.local_port, peer = ffi_string(i.peer),
+  }
+end
+
+function Stream:is_grpc()
+  local i = nffi.info
+  C.nu_ffi_stream_info(sptr(self), i)
+  return i.grpc ~= 0
+end
+
+local function header_of(s)
+  return function(name) return s.request:get(name) end
+end
+
+--- The route the current request headers select, or nil and why
+--- ("no_route", "rejected", "redirect"). Cached until a request header changes.
+function Stream:route()
+  local r = self._route
+  if r == nil then
+    local router = self._chain and self._chain.router
+    if not router then return nil, "no_route" end
+    local i = nffi.info
+    C.nu_ffi_stream_info(sptr(self), i)
+    local why
+    r, why = router:match({
+      authority = self.request:get(":authority") or "",
+      path = self.request:get(":path") or "/",
+      method = self.request:get(":method") or "GET",
+      header = header_of(self),
+      secure = i.secure ~= 0,
+    })
+    if not r then
+      r = false
+      self._route_why = why
+    end
+    self._route = r
+  end
+  if r == false then return nil, self._route_why end
+  return r
+end
+
+--- Ends the exchange with a local reply. For gRPC requests the core turns it
+--- into a trailers-only response with the mapped grpc-status, as Envoy does.
+function Stream:respond(status, body, headers, details)
+  if type(status) ~= "number" then error("respond: status must be a number", 2) end
+  body = body and tostring(body) or ""
+  details = details or "filter_local_reply"
+  local rc = C.nu_ffi_stream_respond(sptr(self), status, body, #body, details, #details)
+  if rc == BAD_CONTEXT then error("respond: the response has already started", 2) end
+  if rc ~= OK then error("respond: invalid status " .. tostring(status), 2) end
+  if headers then
+    for k, v in pairs(headers) do
+      if string_byte(k, 1) ~= 58 then -- ':' pseudo-headers belong to the core
+        self.response:set(k, v)
+      end
+    end
+  end
+  self._replied = true
+  return true
+end
+
+function Stream:replied() return self._replied == true end
+
+--- The upstream the router chose: cluster index (0-based, as C has it) and timeout.
+function Stream:upstream()
+  local rc = C.nu_ffi_stream_get_upstream(sptr(self), int_out, int_out + 1)
+  if rc ~= OK then return nil end
+  return int_out[0], int_out[1]
+end
+
+function Stream:set_upstream(cluster, timeout_ms)
+  local rc = C.nu_ffi_stream_set_upstream(sptr(self), cluster, timeout_ms or 0)
+  if rc ~= OK then error("set_upstream: not allowed now (rc " .. rc .. ")", 2) end
+end
+
+function Stream:log(level, fmt, ...)
+  local id = self._st and tonumber(self:info().stream_id) or 0
+  log.write(level, "[s" .. id .. "] " .. tostring(fmt), ...)
+end
+
+--- Called by the runtime when the exchange ends: later use raises instead of
+--- touching freed memory.
+function Stream:_release()
+  self._st = nil
+end
+
+M.Stream = Stream
+M.Headers = Headers
+M.DECLINED = DECLINED
+return M
