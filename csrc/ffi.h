@@ -35,9 +35,9 @@ int nu_ffi_hdr_remove(struct stream *st, int which, const char *name, size_t nle
 int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out);
 int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms);
 int nu_ffi_stream_get_upstream(struct stream *st, int *cluster, int *timeout_ms);
-int nu_ffi_stream_respond(struct stream *st, int status, const char *body, size_t blen, const char *details, size_t dlen);
+int nu_ffi_stream_respond(struct stream *st, int status, int grpc_status, const char *body, size_t blen, const char *details, size_t dlen);
 int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t cap, size_t *blen);
-int nu_ffi_log(int level, const char *msg, size_t len);
+int nu_ffi_log_write(int level, const char *msg, size_t len);
 int nu_ffi_test_stream_new(struct stream **out, int grpc);
 int nu_ffi_test_stream_set_phase(struct stream *st, int phase);
 int nu_ffi_test_stream_free(struct stream *st);

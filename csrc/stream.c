@@ -81,8 +81,8 @@ int stream_is_alive(const struct stream *st)
     return !(st->flags & ST_F_LOGGED);
 }
 
-int stream_prepare_reply(struct stream *st, int status, const char *body, size_t blen, const char *details,
-                         size_t dlen)
+int stream_prepare_reply(struct stream *st, int status, int grpc_status, const char *body, size_t blen,
+                         const char *details, size_t dlen)
 {
     struct msg *r = &st->x.resp;
     hdr_clear(&r->hdrs);
@@ -100,7 +100,7 @@ int stream_prepare_reply(struct stream *st, int status, const char *body, size_t
          * mapped grpc-status, and the reason in grpc-message. */
         rc |= hdr_add(&r->hdrs, HDR_LIT(":status"), HDR_LIT("200"));
         rc |= hdr_add(&r->hdrs, HDR_LIT("content-type"), HDR_LIT("application/grpc"));
-        int n = snprintf(num, sizeof num, "%d", grpc_status_from_http(status));
+        int n = snprintf(num, sizeof num, "%d", grpc_status >= 0 ? grpc_status : grpc_status_from_http(status));
         rc |= hdr_add(&r->hdrs, HDR_LIT("grpc-status"), num, (size_t)n);
         const char *msg = blen ? body : details;
         size_t mlen = blen ? blen : dlen;
@@ -136,7 +136,7 @@ static void send_response_headers(struct stream *st)
 }
 
 /* Replies locally; the upstream side, if any, is cancelled. */
-static void local_reply(struct stream *st, int status, const char *body, const char *details)
+static void local_reply(struct stream *st, int status, int grpc_status, const char *body, const char *details)
 {
     stop_timer(st);
     if (st->flags & ST_F_RESP_STARTED) {
@@ -152,8 +152,8 @@ static void local_reply(struct stream *st, int status, const char *body, const c
     st->flags |= ST_F_REPLIED;
     if (st->x.up.ops)
         st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
-    if (stream_prepare_reply(st, status, body, body ? strlen(body) : 0, details, details ? strlen(details) : 0) !=
-        NU_OK) {
+    if (stream_prepare_reply(st, status, grpc_status, body, body ? strlen(body) : 0, details,
+                             details ? strlen(details) : 0) != NU_OK) {
         if (st->x.down.ops)
             st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
         return;
@@ -186,7 +186,7 @@ static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     nu_log(NU_LOG_INFO, "[c%llu s%llu] route timeout (%d ms): upstream request cancelled",
            (unsigned long long)st->conn_id, (unsigned long long)st->id, st->timeout_ms);
     if (!(st->flags & ST_F_RESP_STARTED)) {
-        local_reply(st, 504, "upstream request timeout", "upstream_response_timeout");
+        local_reply(st, 504, -1, "upstream request timeout", "upstream_response_timeout");
         return;
     }
     if (st->x.up.ops)
@@ -295,7 +295,7 @@ static void start_upstream(struct stream *st)
     if (upstream_attach(st->w->ups, st->cluster, &st->x, &why) != NU_OK) {
         nu_log(NU_LOG_INFO, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id, why);
         st->flags &= ~ST_F_PROXYING;
-        local_reply(st, 503, why, "upstream_reset_before_response_started");
+        local_reply(st, 503, -1, why, "upstream_reset_before_response_started");
         return;
     }
     maybe_start_timer(st);
@@ -309,7 +309,7 @@ static void d_on_headers(struct exchange *x)
     if (ct && grpc_is_grpc_content_type(ct, n))
         st->flags |= ST_F_GRPC;
     if (add_forwarding_headers(st) != NU_OK) {
-        local_reply(st, 500, "out of memory", "local_reply_nomem");
+        local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
         return;
     }
     st->lua_phase = LB_PHASE_REQUEST_HEADERS;
@@ -320,11 +320,11 @@ static void d_on_headers(struct exchange *x)
         return;
     }
     if (rc != LB_CONTINUE) {
-        local_reply(st, 500, "filter error", "lua_filter_error");
+        local_reply(st, 500, GRPC_INTERNAL, "filter error", "lua_filter_error");
         return;
     }
     if (st->cluster < 0) {
-        local_reply(st, 500, "no upstream was chosen for this request", "no_cluster");
+        local_reply(st, 500, GRPC_INTERNAL, "no upstream was chosen for this request", "no_cluster");
         return;
     }
     start_upstream(st);
@@ -339,7 +339,7 @@ static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
         return;
     }
     if (chunkq_append(&x->req.body, p, n) != NU_OK) {
-        local_reply(st, 500, "out of memory", "local_reply_nomem");
+        local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
         x->down.ops->consume(x, n);
         return;
     }
@@ -392,7 +392,7 @@ static void u_on_headers(struct exchange *x)
             return;
         }
         if (rc != LB_CONTINUE) {
-            local_reply(st, 500, "filter error", "lua_filter_error");
+            local_reply(st, 500, GRPC_INTERNAL, "filter error", "lua_filter_error");
             return;
         }
     }
@@ -464,7 +464,7 @@ static void u_on_close(struct exchange *x, uint32_t h2_error, int reason)
     nu_log(NU_LOG_INFO, "[c%llu s%llu] upstream stream closed early (%s, %s)", (unsigned long long)st->conn_id,
            (unsigned long long)st->id, nghttp2_http2_strerror(h2_error), nu_strerror(reason));
     if (!(st->flags & ST_F_RESP_STARTED)) {
-        local_reply(st, 503, reset_reason(reason), "upstream_reset_before_response_started");
+        local_reply(st, 503, -1, reset_reason(reason), "upstream_reset_before_response_started");
     } else if (st->flags & ST_F_GRPC) {
         end_grpc_call(st, GRPC_UNAVAILABLE,
                       reason == NU_ERR_CLOSED ? "upstream connection terminated" : "upstream stream reset");

@@ -54,8 +54,9 @@ struct stream {
 /* h2s_open_fn: creates the exchange for a new downstream stream on conn c. */
 struct exchange *stream_open(void *worker, struct conn *c);
 /* Builds a local reply in the response maps; stream_send_reply submits it. */
-int stream_prepare_reply(struct stream *st, int status, const char *body, size_t blen, const char *details,
-                         size_t dlen);
+/* grpc_status -1 maps the HTTP status (Envoy's table); otherwise it is used as is. */
+int stream_prepare_reply(struct stream *st, int status, int grpc_status, const char *body, size_t blen,
+                         const char *details, size_t dlen);
 int stream_is_alive(const struct stream *st);
 struct stream *stream_new_test(int grpc);
 void stream_free(struct stream *st);

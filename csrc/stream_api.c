@@ -139,7 +139,8 @@ int nu_ffi_stream_get_upstream(struct stream *st, int *cluster, int *timeout_ms)
     return st->cluster < 0 ? NU_FFI_DECLINED : NU_FFI_OK;
 }
 
-int nu_ffi_stream_respond(struct stream *st, int status, const char *body, size_t blen, const char *details, size_t dlen)
+int nu_ffi_stream_respond(struct stream *st, int status, int grpc_status, const char *body, size_t blen, const char *details,
+                          size_t dlen)
 {
     if (st->lua_phase != LB_PHASE_REQUEST_HEADERS && st->lua_phase != LB_PHASE_RESPONSE_HEADERS)
         return NU_FFI_BAD_CONTEXT;
@@ -147,7 +148,9 @@ int nu_ffi_stream_respond(struct stream *st, int status, const char *body, size_
         return NU_FFI_BAD_CONTEXT;
     if (status < 200 || status > 599)
         return NU_FFI_ERROR;
-    return stream_prepare_reply(st, status, body, blen, details, dlen) == NU_OK ? NU_FFI_OK : NU_FFI_ERROR;
+    if (grpc_status < -1 || grpc_status > 16)
+        return NU_FFI_ERROR;
+    return stream_prepare_reply(st, status, grpc_status, body, blen, details, dlen) == NU_OK ? NU_FFI_OK : NU_FFI_ERROR;
 }
 
 int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t cap, size_t *blen)
@@ -168,7 +171,7 @@ int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t c
     return NU_FFI_OK;
 }
 
-int nu_ffi_log(int level, const char *msg, size_t len)
+int nu_ffi_log_write(int level, const char *msg, size_t len)
 {
     if (level < NU_LOG_DEBUG || level > NU_LOG_ERROR)
         level = NU_LOG_INFO;

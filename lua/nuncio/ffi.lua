@@ -26,9 +26,9 @@ int nu_ffi_hdr_remove(struct stream *st, int which, const char *name, size_t nle
 int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out);
 int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms);
 int nu_ffi_stream_get_upstream(struct stream *st, int *cluster, int *timeout_ms);
-int nu_ffi_stream_respond(struct stream *st, int status, const char *body, size_t blen, const char *details, size_t dlen);
+int nu_ffi_stream_respond(struct stream *st, int status, int grpc_status, const char *body, size_t blen, const char *details, size_t dlen);
 int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t cap, size_t *blen);
-int nu_ffi_log(int level, const char *msg, size_t len);
+int nu_ffi_log_write(int level, const char *msg, size_t len);
 int nu_ffi_test_stream_new(struct stream **out, int grpc);
 int nu_ffi_test_stream_set_phase(struct stream *st, int phase);
 int nu_ffi_test_stream_free(struct stream *st);
@@ -55,7 +55,7 @@ M.PHASE_LOG = 3
 -- Inside the proxy the core is part of the process (ffi.C); under busted it
 -- is loaded from the build folder.
 local function load_core()
-  local ok = pcall(function() return ffi.C.nu_ffi_log end)
+  local ok = pcall(function() return ffi.C.nu_ffi_log_write end)
   if ok then return ffi.C end
   local path = os.getenv("NUNCIO_CORE")
   if not path or path == "" then

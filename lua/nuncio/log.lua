@@ -18,7 +18,7 @@ function M.write(level, fmt, ...)
     msg = ok and s or (tostring(fmt) .. " (bad log format: " .. tostring(s) .. ")")
   end
   msg = tostring(msg)
-  C.nu_ffi_log(lv, msg, #msg)
+  C.nu_ffi_log_write(lv, msg, #msg)
 end
 
 function M.debug(...) M.write("debug", ...) end

@@ -195,11 +195,11 @@ end
 
 --- Ends the exchange with a local reply. For gRPC requests the core turns it
 --- into a trailers-only response with the mapped grpc-status, as Envoy does.
-function Stream:respond(status, body, headers, details)
+function Stream:respond(status, body, headers, details, grpc_status)
   if type(status) ~= "number" then error("respond: status must be a number", 2) end
   body = body and tostring(body) or ""
   details = details or "filter_local_reply"
-  local rc = C.nu_ffi_stream_respond(sptr(self), status, body, #body, details, #details)
+  local rc = C.nu_ffi_stream_respond(sptr(self), status, grpc_status or -1, body, #body, details, #details)
   if rc == BAD_CONTEXT then error("respond: the response has already started", 2) end
   if rc ~= OK then error("respond: invalid status " .. tostring(status), 2) end
   if headers then

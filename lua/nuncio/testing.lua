@@ -104,7 +104,7 @@ function M.TestChain:request(req)
   if rc < 0 then
     -- What the proxy does with a throwing filter: reply 500 (gRPC: INTERNAL).
     r.error = err
-    C.nu_ffi_stream_respond(st, 500, "filter error", 12, "lua_filter_error", 16)
+    C.nu_ffi_stream_respond(st, 500, 13, "filter error", 12, "lua_filter_error", 16)
   end
   r.route = s._route or nil
   local cluster, timeout = s:upstream()
@@ -126,8 +126,8 @@ function M.reply_of(s, st)
   local cap = 65536
   local buf = ffi.new("char[?]", cap)
   if C.nu_ffi_stream_get_reply(st, status, buf, cap, nffi.len_out) ~= OK then return nil end
+  local n = tonumber(nffi.len_out[0]) -- read before to_table() reuses the scratch
   local headers = s.response:to_table()
-  local n = tonumber(nffi.len_out[0])
   return {
     status = tonumber(status[0]),
     http_status = tonumber(headers[":status"]),

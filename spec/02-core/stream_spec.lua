@@ -1,0 +1,105 @@
+-- The stream object over the real C header map (a test stream made by the core).
+local ffi = require("ffi")
+local nffi = require("nuncio.ffi")
+local stream = require("nuncio.stream")
+
+local C = nffi.C
+
+local function new_stream(grpc)
+  local out = ffi.new("struct stream *[1]")
+  assert.are.equal(0, C.nu_ffi_test_stream_new(out, grpc and 1 or 0))
+  local st = ffi.gc(out[0], C.nu_ffi_test_stream_free)
+  return stream.new(st, nil), st
+end
+
+describe("nuncio.stream", function()
+  it("reads and writes request headers held in C", function()
+    local s = new_stream()
+    s.request:add(":path", "/a/b")
+    s.request:add("X-Multi", "1")
+    s.request:add("x-multi", "2")
+    assert.are.equal("/a/b", s:path())
+    assert.are.equal("1", s.request:get("x-multi"))
+    assert.are.same({ "1", "2" }, s.request:get_all("X-MULTI"))
+    assert.are.equal(2, s.request:count("x-multi"))
+    s.request:set("x-multi", "3")
+    assert.are.same({ "3" }, s.request:get_all("x-multi"))
+    assert.are.equal(1, s.request:remove("x-multi"))
+    assert.is_nil(s.request:get("x-multi"))
+    assert.are.equal(0, s.request:remove("x-multi"))
+  end)
+
+  it("iterates headers in order with pairs()", function()
+    local s = new_stream()
+    s.request:add(":method", "GET")
+    s.request:add("a", "1")
+    s.request:add("b", "2")
+    local seen = {}
+    for k, v in s.request:pairs() do seen[#seen + 1] = k .. "=" .. v end
+    assert.are.same({ ":method=GET", "a=1", "b=2" }, seen)
+    assert.are.same({ [":method"] = "GET", a = "1", b = "2" }, s.request:to_table())
+  end)
+
+  it("keeps binary values intact", function()
+    local s = new_stream()
+    s.request:set("x-bin", "a\0b")
+    assert.are.equal("a\0b", s.request:get("x-bin"))
+  end)
+
+  it("reports gRPC-ness from the core", function()
+    assert.is_true((new_stream(true)):is_grpc())
+    assert.is_false((new_stream(false)):is_grpc())
+  end)
+
+  it("forgets the cached route when a request header changes", function()
+    local s = new_stream()
+    s._route = { name = "cached" }
+    s.request:set(":authority", "example.com")
+    assert.is_nil(s._route)
+  end)
+
+  it("refuses request header changes once the request went upstream", function()
+    local s, st = new_stream()
+    s.request:add(":path", "/")
+    C.nu_ffi_test_stream_set_phase(st, nffi.PHASE_RESPONSE_HEADERS)
+    assert.has_error(function() s.request:set(":path", "/x") end,
+      'set(":path"): these headers were already sent and can no longer change')
+    -- the response map is still open in this phase
+    s.response:set("x-r", "1")
+    assert.are.equal("1", s.response:get("x-r"))
+  end)
+
+  it("makes local replies visible to the core", function()
+    local s, st = new_stream(false)
+    s:respond(403, "go away", { ["x-why"] = "test" })
+    local status, cap = ffi.new("int[1]"), 64
+    local buf, len = ffi.new("char[?]", cap), ffi.new("size_t[1]")
+    assert.are.equal(0, C.nu_ffi_stream_get_reply(st, status, buf, cap, len))
+    assert.are.equal(403, status[0])
+    assert.are.equal("go away", ffi.string(buf, len[0]))
+    assert.are.equal("403", s.response:get(":status"))
+    assert.are.equal("test", s.response:get("x-why"))
+  end)
+
+  it("turns a reply to a gRPC request into trailers-only with the mapped status", function()
+    local s = new_stream(true)
+    s:respond(503, "down for maintenance")
+    assert.are.equal("200", s.response:get(":status"))
+    assert.are.equal("application/grpc", s.response:get("content-type"))
+    assert.are.equal("14", s.response:get("grpc-status"))
+    assert.are.equal("down for maintenance", s.response:get("grpc-message"))
+  end)
+
+  it("raises a clear error when used after the exchange ended", function()
+    local s = new_stream()
+    s:_release()
+    assert.has_error(function() s.request:get("x") end,
+      "this stream has ended; a filter kept it past its exchange")
+  end)
+
+  it("rejects a bad status in respond", function()
+    local s = new_stream()
+    assert.has_error(function() s:respond(99) end, "respond: invalid status 99")
+    assert.has_error(function() s:respond("200") end, "respond: status must be a number")
+  end)
+end)

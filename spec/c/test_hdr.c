@@ -1,0 +1,88 @@
+/* Unit tests for the header map (csrc/hdr.c). */
+#include "../../csrc/hdr.c"
+#include "check.h"
+
+static void test_add_get_case_insensitive(void)
+{
+    struct hdr_map m = {0};
+    CHECK(hdr_add(&m, HDR_LIT("Content-Type"), HDR_LIT("application/grpc")) == NU_OK);
+    size_t n = 0;
+    const char *v = hdr_get(&m, HDR_LIT("content-type"), &n);
+    CHECK(v && n == 16 && memcmp(v, "application/grpc", 16) == 0);
+    /* names are stored lower-case, lookups fold case */
+    CHECK_STR(m.v[0].name, "content-type");
+    CHECK(hdr_get(&m, HDR_LIT("CONTENT-TYPE"), NULL) != NULL);
+    CHECK(hdr_get(&m, HDR_LIT("content-typ"), NULL) == NULL);
+    hdr_clear(&m);
+}
+
+static void test_multi_values_and_order(void)
+{
+    struct hdr_map m = {0};
+    hdr_add(&m, HDR_LIT(":path"), HDR_LIT("/a"));
+    hdr_add(&m, HDR_LIT("x-v"), HDR_LIT("1"));
+    hdr_add(&m, HDR_LIT("y"), HDR_LIT("z"));
+    hdr_add(&m, HDR_LIT("x-v"), HDR_LIT("2"));
+    CHECK(hdr_count(&m, HDR_LIT("x-v")) == 2);
+    CHECK(hdr_find(&m, HDR_LIT("x-v"), 0) == 1);
+    CHECK(hdr_find(&m, HDR_LIT("x-v"), 1) == 3);
+    CHECK(hdr_find(&m, HDR_LIT("x-v"), 2) == -1);
+    /* set replaces the first and drops the rest, keeping the position */
+    CHECK(hdr_set(&m, HDR_LIT("x-v"), HDR_LIT("3")) == NU_OK);
+    CHECK(hdr_count(&m, HDR_LIT("x-v")) == 1);
+    CHECK(m.n == 3);
+    CHECK_STR(m.v[1].value, "3");
+    CHECK_STR(m.v[2].name, "y");
+    CHECK(m.bytes == strlen(":path/a") + strlen("x-v3") + strlen("yz"));
+    hdr_clear(&m);
+}
+
+static void test_remove_and_set_absent(void)
+{
+    struct hdr_map m = {0};
+    hdr_add(&m, HDR_LIT("a"), HDR_LIT("1"));
+    hdr_add(&m, HDR_LIT("b"), HDR_LIT("2"));
+    hdr_add(&m, HDR_LIT("a"), HDR_LIT("3"));
+    CHECK(hdr_remove(&m, HDR_LIT("A")) == 2);
+    CHECK(m.n == 1);
+    CHECK(hdr_remove(&m, HDR_LIT("nope")) == 0);
+    CHECK(hdr_set(&m, HDR_LIT("c"), HDR_LIT("4")) == NU_OK);
+    CHECK(m.n == 2);
+    CHECK_STR(hdr_get(&m, HDR_LIT("c"), NULL), "4");
+    hdr_clear(&m);
+    CHECK(m.n == 0 && m.v == NULL && m.bytes == 0);
+}
+
+static void test_growth(void)
+{
+    struct hdr_map m = {0};
+    char name[32];
+    for (int i = 0; i < 1000; i++) {
+        int n = snprintf(name, sizeof name, "h%d", i);
+        CHECK(hdr_add(&m, name, (size_t)n, "v", 1) == NU_OK);
+    }
+    CHECK(m.n == 1000);
+    CHECK(hdr_find(&m, HDR_LIT("h999"), 0) == 999);
+    hdr_clear(&m);
+}
+
+static void test_binary_values(void)
+{
+    struct hdr_map m = {0};
+    const char v[] = {'a', '\0', 'b'};
+    hdr_add(&m, HDR_LIT("x-bin"), v, 3);
+    size_t n;
+    const char *got = hdr_get(&m, HDR_LIT("x-bin"), &n);
+    CHECK(n == 3 && memcmp(got, v, 3) == 0);
+    hdr_clear(&m);
+}
+
+int main(void)
+{
+    test_add_get_case_insensitive();
+    test_multi_values_and_order();
+    test_remove_and_set_absent();
+    test_growth();
+    test_binary_values();
+    CHECK_DONE();
+}
