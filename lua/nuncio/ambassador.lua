@@ -1,0 +1,621 @@
+-- nuncio.ambassador: Emissary/Ambassador resources -> nuncio's normalized model.
+--
+-- Public API (every function returns value_or_nil, errs, warns; errs and warns
+-- are arrays of "FILE:LINE: Kind NAME: FIELD: message" strings, always present):
+--
+--   amb.load(paths, opts)                -> model_part | nil, errs, warns
+--       load_paths + build_model in one call (what nuncio.config uses)
+--   amb.load_paths(paths, opts)          -> resources | nil, errs, warns
+--       paths: a file or folder, or a list of them; folders are read
+--       recursively, every *.yaml / *.yml, in sorted order
+--   amb.load_text(text, filename, opts)  -> resources | nil, errs, warns
+--   amb.build_model(resources, opts)     -> model_part | nil, errs, warns
+--       model_part = { listeners, hosts, clusters, routes, module }
+--       (docs/internals.md §2)
+--   amb.hostglob_matches(glob_a, glob_b) -> boolean
+--
+-- opts (all optional):
+--   ambassador_id  this instance's id; default $AMBASSADOR_ID, else "default"
+--   namespace      Ambassador's own namespace; default $AMBASSADOR_NAMESPACE, else "default"
+--
+-- Input forms (behaviour notes §0): getambassador.io/v3alpha1, v2, v1 CRDs
+-- (metadata + spec), flat ambassador/v0, ambassador/v1 and annotation-style
+-- documents (name and fields at top level), multi-document streams, files whose
+-- top level is a list, Kubernetes "kind: List" with items, and the
+-- getambassador.io/config annotation of a Kubernetes Service. Other Kubernetes
+-- objects are skipped without a word. Nothing is half-loaded: any error and the
+-- caller gets nil.
+
+local yaml = require("nuncio.yaml")
+local fs = require("nuncio.ambassador.fs")
+local check = require("nuncio.ambassador.check")
+local mapping = require("nuncio.ambassador.mapping")
+local kinds = require("nuncio.ambassador.kinds")
+
+local type = type
+local ipairs = ipairs
+local tostring = tostring
+local tonumber = tonumber
+local os_getenv = os.getenv
+local string_format = string.format
+local string_sub = string.sub
+local table_sort = table.sort
+
+local NULL = yaml.null
+
+local M = {}
+
+M.hostglob_matches = mapping.hostglob_matches
+
+local ANNOTATION = "getambassador.io/config"
+local MAX_NESTING = 8 -- lists of lists of Services...: enough for real files, bounded for hostile ones
+
+local NOT_IMPLEMENTED = check.set {
+  "AuthService", "RateLimitService", "TCPMapping", "TracingService", "LogService",
+  "KubernetesEndpointResolver", "KubernetesServiceResolver", "ConsulResolver", "DevPortal",
+  "Filter", "FilterPolicy", "ExternalFilter", "RateLimit", "WebApplicationFirewall",
+  "WebApplicationFirewallPolicy", "Project", "ProjectController", "ProjectRevision",
+}
+
+local HANDLED_KINDS = check.set { "Mapping", "Host", "Listener", "Module", "TLSContext" }
+
+-- keys a flat (annotation-style) document carries beside its fields
+local FLAT_META = check.set { "apiVersion", "kind", "name", "namespace", "metadata_labels", "ambassador_id" }
+
+local function value(v)
+  if v == NULL then
+    return nil
+  end
+  return v
+end
+
+local function env_or(name, default)
+  local v = os_getenv(name)
+  if v == nil or v == "" then
+    return default
+  end
+  return v
+end
+
+---------------------------------------------------------------------------
+-- reading documents
+
+-- the n-th line of text (1-based), computed once per file
+local function text_line(src, n)
+  if not src.lines then
+    local lines = {}
+    for l in (src.text .. "\n"):gmatch("([^\n]*)\n") do
+      lines[#lines + 1] = l
+    end
+    src.lines = lines
+  end
+  return src.lines[n]
+end
+
+-- Only a literal block scalar ("key: |") keeps the annotation's lines 1:1 with
+-- the file's, so only then can positions inside it be given as file lines.
+local function is_literal_block(src, key_line)
+  if not src.text or not key_line then
+    return false
+  end
+  local l = text_line(src, key_line)
+  if not l then
+    return false
+  end
+  l = l:gsub("%s+#.*$", "")
+  return l:match(":%s*|[%-+%d]*%s*$") ~= nil
+end
+
+local function legacy_api(api)
+  if api:match("^ambassador/") then
+    return true
+  end
+  local major = tonumber(api:match("/v(%d+)"))
+  return major ~= nil and major < 3
+end
+
+local add_doc
+
+local function add_resource(st, doc, src, api)
+  local res = {
+    api_version = api,
+    file = src.file,
+    line = src.fallback_line,
+    line_map = src.line_map,
+    note = src.note,
+    legacy = legacy_api(api),
+    doc = doc,
+  }
+  res.line = check.line_of(res, doc)
+  res.source = res.file .. ":" .. res.line
+
+  local kind = value(doc.kind)
+  if type(kind) ~= "string" or kind == "" then
+    res.kind = "Resource"
+    st.rep:error(res, "kind", "required", doc, "kind")
+    return
+  end
+  res.kind = kind
+
+  local flat = value(doc.spec) == nil and value(doc.metadata) == nil
+  local c = check.fields(st.rep, res, doc)
+  if flat then
+    res.meta_keys = FLAT_META
+    res.name = c:string("name")
+    res.namespace = c:string("namespace") or src.namespace
+    res.labels = c:string_map("metadata_labels") or src.labels
+    res.spec = doc
+    res.name_field = "name"
+  else
+    local mc = c:sub("metadata")
+    res.name = mc:string("name")
+    res.namespace = mc:string("namespace") or src.namespace
+    res.labels = mc:string_map("labels") or src.labels
+    res.spec = c:map("spec") or {}
+    res.name_field = "metadata.name"
+  end
+  if c.failed then
+    return
+  end
+  if res.name == nil or res.name == "" then
+    st.rep:error(res, res.name_field, "required")
+    return
+  end
+  if res.namespace == "" then
+    res.namespace = nil -- Kubernetes reads an empty namespace as the default one
+  end
+  res.namespace = res.namespace or st.namespace
+  res.labels = res.labels or {}
+  res.ambassador_id = value(res.spec.ambassador_id)
+  st.resources[#st.resources + 1] = res
+end
+
+-- resources inside a Service's getambassador.io/config annotation (§0)
+local function add_annotation(st, doc, src, depth)
+  local meta = value(doc.metadata)
+  local ann = type(meta) == "table" and value(meta.annotations) or nil
+  local text = type(ann) == "table" and value(ann[ANNOTATION]) or nil
+  if text == nil then
+    return -- a plain Service: not ours
+  end
+  local svc = {
+    kind = "Service",
+    name = value(meta.name),
+    file = src.file,
+    line = src.fallback_line,
+    line_map = src.line_map,
+    note = src.note,
+  }
+  local key_line = check.line_of(svc, ann, ANNOTATION)
+  if type(text) ~= "string" then
+    st.rep:error(svc, "metadata.annotations." .. ANNOTATION, "must be a string (a YAML document stream)",
+      ann, ANNOTATION)
+    return
+  end
+  local block = src.text and not src.line_map and is_literal_block(src, key_line)
+  local inner = {
+    file = src.file,
+    text = nil, -- positions inside the string are not positions of the file
+    fallback_line = key_line,
+    line_map = function(l)
+      if block then
+        return key_line + l
+      end
+      return nil
+    end,
+    note = "in the " .. ANNOTATION .. " annotation of Service " .. tostring(svc.name),
+    namespace = type(meta.namespace) == "string" and meta.namespace or nil,
+    labels = type(value(meta.labels)) == "table" and meta.labels or nil,
+  }
+  local docs, err = yaml.load(text, src.file)
+  if not docs then
+    -- err is "FILE:L:C: problem"; L counts inside the annotation
+    local l, col, problem = string_sub(err, #src.file + 2):match("^(%d+):(%d+): (.*)$")
+    local line = l and block and key_line + tonumber(l) or key_line
+    if problem and block then
+      problem = problem:gsub(" at line (%d+)%)$", function(n)
+        return " at line " .. (key_line + tonumber(n)) .. ")"
+      end)
+    end
+    st.rep:raw_error(check.format(svc, line, "metadata.annotations." .. ANNOTATION,
+      (problem or err) .. (l and not block and string_format(" at line %s, column %s of the annotation", l, col)
+        or "")))
+    return
+  end
+  for i = 1, #docs do
+    add_doc(st, docs[i], inner, depth + 1)
+  end
+end
+
+add_doc = function(st, doc, src, depth)
+  if type(doc) ~= "table" or depth > MAX_NESTING then
+    return
+  end
+  if check.is_list(doc) then
+    -- a file (or List) whose top level is a sequence of objects
+    for i = 1, #doc do
+      add_doc(st, doc[i], src, depth + 1)
+    end
+    return
+  end
+  local api, kind = value(doc.apiVersion), value(doc.kind)
+  if kind == "List" and type(value(doc.items)) == "table" then
+    local items = doc.items
+    for i = 1, #items do
+      add_doc(st, items[i], src, depth + 1)
+    end
+    return
+  end
+  if type(api) ~= "string" then
+    return
+  end
+  if api:match("^getambassador%.io/") or api:match("^ambassador/") then
+    add_resource(st, doc, src, api)
+  elseif kind == "Service" then
+    add_annotation(st, doc, src, depth)
+  end
+end
+
+local function new_state(opts)
+  opts = opts or {}
+  return {
+    rep = check.reporter(),
+    resources = {},
+    namespace = opts.namespace or env_or("AMBASSADOR_NAMESPACE", "default"),
+  }
+end
+
+local function read_text(st, text, filename)
+  local docs, err = yaml.load(text, filename)
+  if not docs then
+    st.rep:raw_error(err)
+    return
+  end
+  local src = { file = filename, text = text }
+  for i = 1, #docs do
+    add_doc(st, docs[i], src, 1)
+  end
+end
+
+local function finish(st, result)
+  if #st.rep.errs > 0 then
+    return nil, st.rep.errs, st.rep.warns
+  end
+  return result, st.rep.errs, st.rep.warns
+end
+
+function M.load_text(text, filename, opts)
+  local st = new_state(opts)
+  read_text(st, text, filename or "<string>")
+  return finish(st, st.resources)
+end
+
+-- reads every path; the state keeps what could be read even when some could not
+local function read_paths(paths, opts)
+  local st = new_state(opts)
+  if type(paths) == "string" then
+    paths = { paths }
+  end
+  for _, path in ipairs(paths or {}) do
+    local files = { path }
+    if fs.is_dir(path) then
+      local list, err = fs.yaml_files(path)
+      if not list then
+        st.rep:raw_error(err)
+        list = {}
+      elseif #list == 0 then
+        st.rep:raw_warning(path .. ": no .yaml or .yml files in this folder")
+      end
+      files = list
+    end
+    for _, file in ipairs(files) do
+      local text, err = fs.read(file)
+      if not text then
+        st.rep:raw_error(tostring(err))
+      else
+        read_text(st, text, file)
+      end
+    end
+  end
+  return st
+end
+
+function M.load_paths(paths, opts)
+  local st = read_paths(paths, opts)
+  return finish(st, st.resources)
+end
+
+---------------------------------------------------------------------------
+-- building the model
+
+-- true when this instance should use res (§0 ambassador_id)
+local function ours(rep, res, my_id)
+  local ids = res.ambassador_id
+  if ids == nil then
+    return my_id == "default"
+  end
+  if type(ids) == "string" then
+    return ids == my_id
+  end
+  if type(ids) == "table" and check.is_list(ids) then
+    local found = false
+    for i = 1, #ids do
+      if type(ids[i]) ~= "string" then
+        rep:error(res, "ambassador_id", "must be a string or a list of strings", ids, i)
+        return false
+      end
+      found = found or ids[i] == my_id
+    end
+    return found
+  end
+  rep:error(res, "ambassador_id", "must be a string or a list of strings, not " .. check.describe(ids),
+    res.spec, "ambassador_id")
+  return false
+end
+
+-- Two resources of one kind may not share a name in a namespace (the second
+-- would silently replace the first in Kubernetes).
+local function unique(rep, seen, res)
+  local key = res.kind .. "\0" .. res.namespace .. "\0" .. res.name
+  local first = seen[key]
+  if first then
+    rep:error(res, nil, string_format("duplicate %s name in namespace %s (first defined at %s)",
+      res.kind, res.namespace, first.source))
+    return false
+  end
+  seen[key] = res
+  return true
+end
+
+local function sanitize(s)
+  return (s:gsub("[^%w]", "_"))
+end
+
+-- One cluster per (host, port, http2, tls). Names are host_port (+ _tls) and
+-- stay the same whatever order the Mappings come in; an HTTP/1 twin of an
+-- HTTP/2 cluster gets _http1, and leftover clashes a numeric suffix.
+local function build_clusters(rep, recs)
+  local clusters, by_key = {}, {}
+  for _, rec in ipairs(recs) do
+    local s = rec.service
+    local key = string_format("%s\0%d\0%s\0%s", s.host, s.port, tostring(rec.grpc), tostring(s.tls))
+    local idx = by_key[key]
+    if not idx then
+      clusters[#clusters + 1] = {
+        host = s.host, port = s.port, http2 = rec.grpc, tls = s.tls,
+        connect_timeout_ms = rec.connect_timeout_ms, first = rec,
+      }
+      idx = #clusters
+      by_key[key] = idx
+    else
+      local cl = clusters[idx]
+      if cl.connect_timeout_ms ~= rec.connect_timeout_ms then
+        rep:warning(rec.res, "connect_timeout_ms", string_format(
+          "Mapping %s uses the same upstream with connect_timeout_ms %d; nuncio keeps one value per upstream: %d",
+          cl.first.name, cl.connect_timeout_ms, cl.connect_timeout_ms), rec.res.spec, "connect_timeout_ms")
+      end
+    end
+    rec.cluster = idx
+  end
+  local bases, taken = {}, {}
+  for _, cl in ipairs(clusters) do
+    cl.base = sanitize(cl.host) .. "_" .. cl.port .. (cl.tls and "_tls" or "")
+    bases[cl.base] = (bases[cl.base] or 0) + 1
+  end
+  for _, cl in ipairs(clusters) do
+    local name = cl.base
+    if bases[cl.base] > 1 and not cl.http2 then
+      name = name .. "_http1"
+    end
+    local n, candidate = 1, name
+    while taken[candidate] do
+      n = n + 1
+      candidate = name .. "_" .. n
+    end
+    taken[candidate] = true
+    cl.name = candidate
+    cl.base, cl.first = nil, nil
+  end
+  return clusters
+end
+
+local function route_of(rec)
+  local headers = {}
+  for i, h in ipairs(rec.headers) do
+    headers[i] = { name = h.name, value = h.value, regex = h.regex }
+  end
+  return {
+    name = rec.name,
+    namespace = rec.namespace,
+    source = rec.source,
+    prefix = rec.prefix,
+    prefix_regex = rec.prefix_regex,
+    prefix_exact = rec.prefix_exact,
+    case_sensitive = rec.case_sensitive,
+    rewrite = rec.rewrite,
+    host = rec.host,
+    method = rec.method,
+    method_regex = rec.method_regex,
+    headers = headers,
+    precedence = rec.precedence,
+    grpc = rec.grpc,
+    cluster = rec.cluster,
+    timeout_ms = rec.timeout_ms,
+    hosts = rec.hosts,
+  }
+end
+
+local function attach(rep, recs, hosts)
+  for _, rec in ipairs(recs) do
+    local list = {}
+    for i, h in ipairs(hosts) do
+      if mapping.attaches(h, rec) then
+        list[#list + 1] = i
+      end
+    end
+    rec.hosts = list
+    if #list == 0 then
+      if rec.assoc == nil then
+        rep:warning(rec.res, nil, 'attaches to no Host: a v3alpha1 Mapping without hostname, host or '
+          .. 'headers[":authority"] is only served by a Host whose mappingSelector selects it; '
+          .. 'add hostname: "*" to serve it on every Host')
+      else
+        local field = rec.res.spec.hostname ~= nil and "hostname" or (rec.res.spec.host ~= nil and "host" or nil)
+        rep:warning(rec.res, field, "matches no Host: this Mapping is never used", rec.res.spec, field)
+      end
+    end
+  end
+end
+
+-- Emissary splits traffic between Mappings with identical matches; nuncio
+-- has no weights yet, so say which one wins instead of staying silent.
+local function warn_canaries(rep, recs)
+  local first = {}
+  for _, rec in ipairs(recs) do
+    local f = first[rec.group_key]
+    if f then
+      rep:warning(rec.res, nil, string_format("same match as Mapping %s (%s): Emissary would split traffic "
+        .. "between them; nuncio sends all of it to the one tried first (weights are not implemented yet)",
+        f.name, f.source))
+    else
+      first[rec.group_key] = rec
+    end
+  end
+end
+
+-- Messages are produced kind by kind; readers want them in file order.
+local function by_position(list)
+  local keyed = {}
+  for i, msg in ipairs(list) do
+    local file, line = msg:match("^(.-):(%d+): ")
+    keyed[i] = { msg = msg, file = file or "", line = tonumber(line) or 0, i = i }
+  end
+  table_sort(keyed, function(a, b)
+    if a.file ~= b.file then
+      return a.file < b.file
+    elseif a.line ~= b.line then
+      return a.line < b.line
+    end
+    return a.i < b.i
+  end)
+  for i, k in ipairs(keyed) do
+    list[i] = k.msg
+  end
+  return list
+end
+
+function M.build_model(resources, opts)
+  opts = opts or {}
+  local rep = check.reporter()
+  local my_id = opts.ambassador_id or env_or("AMBASSADOR_ID", "default")
+  local amb_ns = opts.namespace or env_or("AMBASSADOR_NAMESPACE", "default")
+
+  local by_kind = { Mapping = {}, Host = {}, Listener = {}, Module = {}, TLSContext = {} }
+  for _, res in ipairs(resources or {}) do
+    if ours(rep, res, my_id) then
+      if HANDLED_KINDS[res.kind] then
+        local list = by_kind[res.kind]
+        list[#list + 1] = res
+      elseif NOT_IMPLEMENTED[res.kind] then
+        rep:warning(res, nil, "not implemented yet, ignored")
+      else
+        rep:warning(res, nil, "unknown kind, ignored")
+      end
+    end
+  end
+
+  local seen = {}
+  local module, settings = kinds.module(rep, by_kind.Module)
+
+  local listeners, ports = {}, {}
+  for _, res in ipairs(by_kind.Listener) do
+    if unique(rep, seen, res) then
+      local l = kinds.listener(rep, res)
+      if l then
+        local key = l.address .. "\0" .. l.port
+        if ports[key] then
+          rep:error(res, "port", string_format("%d is already used by Listener %s (%s)", l.port,
+            ports[key].name, ports[key].source), res.spec, "port")
+        else
+          ports[key] = l
+          listeners[#listeners + 1] = l
+        end
+      end
+    end
+  end
+  if #by_kind.Listener == 0 then
+    listeners[1] = kinds.default_listener()
+    rep:raw_warning(kinds.NO_LISTENER_WARNING)
+  end
+
+  local hosts = {}
+  for _, res in ipairs(by_kind.Host) do
+    if unique(rep, seen, res) then
+      hosts[#hosts + 1] = kinds.host(rep, res)
+    end
+  end
+  if #by_kind.Host == 0 then
+    hosts[1] = kinds.default_host(amb_ns)
+  end
+
+  for _, res in ipairs(by_kind.TLSContext) do
+    kinds.tls_context(rep, res)
+  end
+
+  local ctx = {
+    default_timeout_ms = settings.default_timeout_ms,
+    ambassador_namespace = amb_ns,
+    use_ambassador_namespace = settings.use_ambassador_namespace,
+  }
+  local recs = {}
+  for _, res in ipairs(by_kind.Mapping) do
+    if unique(rep, seen, res) then
+      local rec = mapping.build(rep, res, ctx)
+      if rec then
+        rec.index = #recs + 1
+        recs[#recs + 1] = rec
+      end
+    end
+  end
+
+  if #rep.errs > 0 then
+    return nil, by_position(rep.errs), by_position(rep.warns)
+  end
+
+  local clusters = build_clusters(rep, recs)
+  attach(rep, recs, hosts)
+  table_sort(recs, mapping.before)
+  warn_canaries(rep, recs)
+
+  local routes = {}
+  for i, rec in ipairs(recs) do
+    routes[i] = route_of(rec)
+  end
+  return {
+    listeners = listeners,
+    hosts = hosts,
+    clusters = clusters,
+    routes = routes,
+    module = module,
+  }, rep.errs, by_position(rep.warns)
+end
+
+-- load(paths, opts): both steps. Resources that could be read are checked even
+-- when another file is broken, so one run reports every mistake.
+function M.load(paths, opts)
+  local st = read_paths(paths, opts)
+  local model, merrs, mwarns = M.build_model(st.resources, opts)
+  local errs, warns = st.rep.errs, st.rep.warns
+  for i = 1, #merrs do
+    errs[#errs + 1] = merrs[i]
+  end
+  for i = 1, #mwarns do
+    warns[#warns + 1] = mwarns[i]
+  end
+  if #errs > 0 then
+    return nil, by_position(errs), by_position(warns)
+  end
+  return model, errs, by_position(warns)
+end
+
+return M

@@ -1,0 +1,280 @@
+-- nuncio.ambassador.kinds: Host, Listener, Module and TLSContext resources
+-- -> their part of the normalized model (docs/internals.md §2).
+-- Mapping lives in nuncio.ambassador.mapping.
+
+local check = require("nuncio.ambassador.check")
+local mapping = require("nuncio.ambassador.mapping")
+
+local next = next
+local string_format = string.format
+
+local M = {}
+
+local TLS_LATER = "accepted; TLS comes in a later release of nuncio, ignored for now"
+
+---------------------------------------------------------------------------
+-- Module (behaviour notes §5)
+
+-- Keys acted on now.
+local MODULE_DONE = check.set {
+  "cluster_request_timeout_ms", "use_ambassador_namespace_for_service_resolution",
+}
+
+-- Keys Emissary knows; later issues implement them.
+local MODULE_TODO = check.set {
+  "lua_scripts", "strip_matching_host_port", "enable_grpc_web", "enable_grpc_http11_bridge",
+  "grpc_stats", "enable_http10", "use_remote_address", "xff_num_trusted_hops", "server_name",
+  "add_linkerd_headers", "merge_slashes", "reject_requests_with_escaped_slashes",
+  "max_request_headers_kb", "diagnostics", "readiness_probe", "liveness_probe",
+  "cluster_idle_timeout_ms", "cluster_max_connection_lifetime_ms", "listener_idle_timeout_ms",
+  "buffer", "buffer_limit_bytes", "regex_type", "regex_max_size", "header_case_overrides",
+  "proper_case", "default_label_domain", "default_labels", "cors", "retry_policy", "load_balancer",
+  "circuit_breakers", "keepalive", "defaults", "ip_allow", "ip_deny", "gzip", "enable_ipv4",
+  "enable_ipv6", "preserve_external_request_id", "forward_client_cert_details",
+  "set_current_client_cert_details", "suppress_envoy_headers", "headers_with_underscores_action",
+  "allow_chunked_length", "envoy_log_type", "envoy_log_format", "envoy_log_path", "admin_port",
+  "error_response_overrides", "use_proxy_proto", "x_forwarded_proto_redirect", "service_port",
+  "resolver", "envoy_validation_timeout", "statsd", "auth_service", "rate_limit_service",
+  "tracing_service", "x_num_trusted_hops", "strip_matching_host_port_from_authority",
+  "http3_enabled", "circuit_breaker", "add_response_headers", "add_request_headers",
+  "health_check", "access_log", "respect_dns_ttl", "dns_type", "use_websocket", "allow_upgrade",
+}
+
+-- module(rep, modules) -> config, settings
+--   settings: { default_timeout_ms, use_ambassador_namespace }
+function M.module(rep, modules)
+  local chosen
+  for i = 1, #modules do
+    local res = modules[i]
+    if res.name ~= "ambassador" then
+      rep:warning(res, nil, 'ignored: only the Module named "ambassador" is used')
+    elseif chosen then
+      rep:warning(res, nil, "ignored: the Module ambassador from " .. chosen.source .. " is already in use")
+    else
+      chosen = res
+    end
+  end
+  local settings = {}
+  if not chosen then
+    return {}, settings
+  end
+  local c = check.fields(rep, chosen, chosen.spec)
+  local config = c:map("config")
+  c:check_keys(check.set { "config", "ambassador_id", "generation" })
+  if not config then
+    return {}, settings
+  end
+  local cc = check.fields(rep, chosen, config, "config.")
+  settings.default_timeout_ms = cc:int("cluster_request_timeout_ms", nil, 0)
+  settings.use_ambassador_namespace = cc:bool("use_ambassador_namespace_for_service_resolution", false)
+  cc:check_keys(MODULE_DONE, MODULE_TODO, "accepted, not implemented yet")
+  return config, settings
+end
+
+---------------------------------------------------------------------------
+-- Listener (behaviour notes §3)
+
+local STACKS = {
+  ["HTTP,TCP"] = "HTTP",
+  ["TLS,HTTP,TCP"] = "HTTPS",
+  ["PROXY,HTTP,TCP"] = "HTTPPROXY",
+  ["TLS,PROXY,HTTP,TCP"] = "HTTPSPROXY",
+  ["TCP"] = "TCP",
+  ["TLS,TCP"] = "TLS",
+}
+local PROTOCOLS = check.set { "HTTP", "HTTPS", "HTTPPROXY", "HTTPSPROXY", "TCP", "TLS" }
+local SECURITY_MODELS = check.set { "XFP", "SECURE", "INSECURE" }
+local LISTENER_FIELDS = check.set {
+  "port", "protocol", "protocolStack", "securityModel", "l7Depth", "bind_address", "hostBinding",
+  "ambassador_id", "generation",
+}
+local LISTENER_TODO = check.set { "statsPrefix", "http3Enabled" }
+
+-- listener(rep, res) -> model listener | nil
+function M.listener(rep, res)
+  local c = check.fields(rep, res, res.spec)
+  local port = c:int("port", nil, 1, 65535)
+  if not c:has("port") then
+    c:missing("port")
+  end
+  local protocol = c:string("protocol")
+  local stack = c:string_list("protocolStack")
+  if stack then
+    if protocol then
+      c:warn("protocolStack", "both protocol and protocolStack are set, using protocolStack")
+    end
+    protocol = STACKS[check.join(stack, ",")]
+    if not protocol then
+      c:fail("protocolStack", "[" .. check.join(stack) .. "] is not a stack nuncio supports")
+    end
+  elseif protocol then
+    if not PROTOCOLS[protocol] then
+      c:fail("protocol", string_format("must be one of HTTP, HTTPS, HTTPPROXY, HTTPSPROXY, TCP, TLS, not %q",
+        protocol))
+      protocol = nil
+    end
+  else
+    c:missing("protocol", "required (or protocolStack)")
+  end
+  if protocol == "HTTPS" then
+    c:warn(stack and "protocolStack" or "protocol", "TLS comes in a later release: cleartext only for now")
+  elseif protocol and protocol ~= "HTTP" then
+    c:fail(stack and "protocolStack" or "protocol", protocol .. " listeners are not supported by nuncio yet")
+  end
+
+  local security = c:string("securityModel", true)
+  if security and not SECURITY_MODELS[security] then
+    c:fail("securityModel", string_format("must be one of XFP, SECURE, INSECURE, not %q", security))
+  end
+  local l7 = c:int("l7Depth", 0, 0)
+  local address = c:string("bind_address") or "0.0.0.0"
+  -- nuncio serves every Host on every Listener: exactly "namespace.from: ALL"
+  -- without a selector. Anything narrower is said to be unenforced.
+  if not c:has("hostBinding") then
+    rep:warning(res, "hostBinding", "missing (Emissary requires it); every Host is served on this Listener")
+  else
+    local hb = c:sub("hostBinding")
+    local ns = hb:sub("namespace")
+    local from = ns:string("from")
+    if from ~= nil and from ~= "ALL" and from ~= "SELF" then
+      ns:fail("from", string_format("must be ALL or SELF, not %q", from))
+    elseif from == "SELF" then
+      ns:warn("from", "SELF is not enforced yet: Hosts of every namespace are served on this Listener")
+    end
+    if hb:has("selector") then
+      hb:warn("selector", "not enforced yet: every Host is served on this Listener")
+    end
+    ns:check_keys(check.set { "from" })
+    hb:check_keys(check.set { "namespace", "selector" })
+  end
+  c:check_keys(LISTENER_FIELDS, LISTENER_TODO)
+  if c.failed then
+    return nil
+  end
+  return {
+    name = res.name,
+    namespace = res.namespace,
+    address = address,
+    port = port,
+    protocol = protocol,
+    security_model = security,
+    l7_depth = l7,
+    source = res.source,
+  }
+end
+
+function M.default_listener()
+  return {
+    name = "default-listener",
+    address = "0.0.0.0",
+    port = 8080,
+    protocol = "HTTP",
+    security_model = "XFP",
+    l7_depth = 0,
+    source = "(default)",
+  }
+end
+
+M.NO_LISTENER_WARNING = "no Listener resource: Emissary itself would listen nowhere; nuncio defaults to "
+  .. "0.0.0.0:8080 (protocol HTTP, securityModel XFP) like Ambassador's quick-start"
+
+---------------------------------------------------------------------------
+-- Host (behaviour notes §2)
+
+local INSECURE_ACTIONS = check.set { "Redirect", "Route", "Reject" }
+local HOST_FIELDS = check.set {
+  "hostname", "requestPolicy", "mappingSelector", "selector", "ambassador_id", "generation",
+  "tlsSecret", "tls", "tlsContext", "acmeProvider",
+}
+local HOST_TODO = check.set { "previewUrl" }
+
+local function read_selector(c, key)
+  local sc = c:sub(key)
+  if next(sc.tbl) == nil then
+    return nil -- Emissary tests the selector for truth: an empty one counts as none
+  end
+  local labels = sc:string_map("matchLabels")
+  if sc:has("matchExpressions") then
+    sc:warn("matchExpressions", "not implemented yet, ignored (only matchLabels is used)")
+  end
+  sc:check_keys(check.set { "matchLabels" }, check.set { "matchExpressions" })
+  return labels or {}
+end
+
+-- host(rep, res) -> model host | nil
+function M.host(rep, res)
+  local c = check.fields(rep, res, res.spec)
+  local hostname = c:string("hostname")
+  if hostname == nil or hostname == "" then
+    hostname = "*"
+  elseif not mapping.valid_glob(hostname) then
+    c:fail("hostname", string_format("%q is not a DNS glob: '*' may only be the first or the last character",
+      hostname))
+  end
+
+  local rp = c:sub("requestPolicy")
+  local ins = rp:sub("insecure")
+  local action = ins:string("action")
+  if action == nil then
+    action = "Redirect"
+  elseif not INSECURE_ACTIONS[action] then
+    ins:fail("action", string_format("must be Redirect, Route or Reject (case-sensitive), not %q", action))
+  end
+  if ins:has("additionalPort") then
+    ins:int("additionalPort", nil, -1, 65535)
+  end
+  rp:check_keys(check.set { "insecure" })
+  ins:check_keys(check.set { "action" }, check.set { "additionalPort" })
+
+  local selector
+  if c:has("mappingSelector") then
+    if c:has("selector") then
+      c:warn("selector", "both mappingSelector and selector are set, using mappingSelector")
+    end
+    selector = read_selector(c, "mappingSelector")
+  elseif c:has("selector") then
+    selector = read_selector(c, "selector")
+  end
+
+  local tls_keys = { "tlsSecret", "tls", "tlsContext", "acmeProvider" }
+  for i = 1, #tls_keys do
+    if c:has(tls_keys[i]) then
+      c:warn(tls_keys[i], TLS_LATER)
+    end
+  end
+  c:check_keys(HOST_FIELDS, HOST_TODO)
+  if c.failed then
+    return nil
+  end
+  return {
+    name = res.name,
+    namespace = res.namespace,
+    hostname = hostname,
+    insecure_action = action,
+    selector = selector,
+    source = res.source,
+  }
+end
+
+-- §2.5: no Host and no fallback certificate (nuncio has none yet) -> cleartext "*"
+function M.default_host(namespace)
+  return {
+    name = "default-host",
+    namespace = namespace,
+    hostname = "*",
+    insecure_action = "Route",
+    source = "(default)",
+  }
+end
+
+---------------------------------------------------------------------------
+-- TLSContext (behaviour notes §4): read, then set aside until TLS lands
+
+function M.tls_context(rep, res)
+  local c = check.fields(rep, res, res.spec)
+  c:string_list("hosts")
+  c:string("secret")
+  rep:warning(res, nil, TLS_LATER)
+end
+
+return M

@@ -1,0 +1,303 @@
+-- nuncio.config: the native configuration (conf/nuncio.yaml) plus the
+-- Ambassador resources it names -> the normalized model (docs/internals.md §2).
+--
+--   config.load{ config = path_or_nil, ambassador = { path, ... } }
+--     -> model | nil, errs, warns
+--
+-- config = nil means built-in defaults. Ambassador paths from the caller (the
+-- command line: relative to the working directory) come after the ones the
+-- native config lists (relative to the config file's folder). errs/warns are
+-- arrays of "file:line: ..." strings, always present. Optional extra keys
+-- ambassador_id and namespace are handed to nuncio.ambassador.
+
+local yaml = require("nuncio.yaml")
+local fs = require("nuncio.ambassador.fs")
+local check = require("nuncio.ambassador.check")
+local ambassador = require("nuncio.ambassador")
+
+local type = type
+local next = next
+local ipairs = ipairs
+local tostring = tostring
+local string_format = string.format
+
+local NULL = yaml.null
+local yaml_line = yaml.line
+
+local M = {}
+
+M.DEFAULTS = {
+  workers = 1,
+  log_level = "info",
+  admin_address = "127.0.0.1",
+  admin_port = 8877,
+}
+
+local LOG_LEVELS = check.set { "debug", "info", "warn", "error" }
+local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador" }
+
+local function value(v)
+  if v == NULL then
+    return nil
+  end
+  return v
+end
+
+-- a reader over one mapping of the native config; messages "file:line: key: msg"
+local function reader(file, tbl, path, errs, warns)
+  local r = { file = file, tbl = tbl, path = path or "", errs = errs, warns = warns }
+
+  local function line(key)
+    return (key ~= nil and yaml_line(tbl, key)) or yaml_line(tbl) or 1
+  end
+
+  function r.fail(key, msg)
+    errs[#errs + 1] = string_format("%s:%d: %s%s: %s", file, line(key), r.path, key, msg)
+  end
+
+  function r.warn(key, msg)
+    warns[#warns + 1] = string_format("%s:%d: %s%s: %s", file, line(key), r.path, key, msg)
+  end
+
+  function r.source(key)
+    return string_format("%s:%d", file, line(key))
+  end
+
+  function r.get(key)
+    return value(tbl[key])
+  end
+
+  -- list of strings; one string is taken as a list of one
+  function r.strings(key)
+    local v = r.get(key)
+    if v == nil then
+      return {}
+    end
+    if type(v) == "string" then
+      return { v }
+    end
+    if type(v) ~= "table" or not check.is_list(v) and next(v) ~= nil then
+      r.fail(key, "must be a list of strings, not " .. check.describe(v))
+      return {}
+    end
+    local out = {}
+    for i = 1, #v do
+      if type(v[i]) ~= "string" then
+        errs[#errs + 1] = string_format("%s:%d: %s%s[%d]: must be a string, not %s", file,
+          yaml_line(v, i) or line(key), r.path, key, i, check.describe(v[i]))
+      else
+        out[#out + 1] = v[i]
+      end
+    end
+    return out
+  end
+
+  function r.unknown(known)
+    local keys = check.sorted_keys(tbl)
+    for _, k in ipairs(keys) do
+      if not known[k] then
+        r.warn(k, "unknown key, ignored")
+      end
+    end
+  end
+
+  return r
+end
+
+local function read_admin(r, model)
+  local v = r.get("admin")
+  if v == nil or v == true then
+    return
+  end
+  if v == false then
+    model.admin = false
+    return
+  end
+  if type(v) ~= "table" or not check.is_map(v) then
+    r.fail("admin", "must be a mapping {address, port} or false, not " .. check.describe(v))
+    return
+  end
+  local a = reader(r.file, v, "admin.", r.errs, r.warns)
+  local address, port = a.get("address"), a.get("port")
+  if address ~= nil then
+    if type(address) ~= "string" or address == "" then
+      a.fail("address", "must be a non-empty string, not " .. check.describe(address))
+    else
+      model.admin.address = address
+    end
+  end
+  if port ~= nil then
+    if not check.is_integer(port) or port < 1 or port > 65535 then
+      a.fail("port", "must be an integer between 1 and 65535, not " .. check.describe(port))
+    else
+      model.admin.port = port
+    end
+  end
+  a.unknown(check.set { "address", "port" })
+end
+
+local function read_chain(r, model)
+  local v = r.get("chain")
+  if v == nil then
+    return
+  end
+  if type(v) ~= "table" or not check.is_list(v) and next(v) ~= nil then
+    r.fail("chain", "must be a list of {name, config}, not " .. check.describe(v))
+    return
+  end
+  for i = 1, #v do
+    local item = v[i]
+    local field = "chain[" .. i .. "]"
+    if type(item) == "string" then
+      -- "- my.filter" is short for "- name: my.filter"
+      model.chain[#model.chain + 1] = { name = item, config = {},
+        source = string_format("%s:%d", r.file, yaml_line(v, i) or 1) }
+    elseif type(item) ~= "table" or not check.is_map(item) then
+      r.errs[#r.errs + 1] = string_format("%s:%d: %s: must be a mapping {name, config}, not %s", r.file,
+        yaml_line(v, i) or 1, field, check.describe(item))
+    else
+      local f = reader(r.file, item, field .. ".", r.errs, r.warns)
+      local name, conf = f.get("name"), f.get("config")
+      local ok = true
+      if type(name) ~= "string" or name == "" then
+        f.fail("name", name == nil and "required" or "must be a module name, not " .. check.describe(name))
+        ok = false
+      end
+      if conf == nil then
+        conf = {}
+      elseif type(conf) ~= "table" or not check.is_map(conf) then
+        f.fail("config", "must be a mapping, not " .. check.describe(conf))
+        ok = false
+      end
+      f.unknown(check.set { "name", "config" })
+      if ok then
+        model.chain[#model.chain + 1] = { name = name, config = conf,
+          source = string_format("%s:%d", r.file, yaml_line(item) or 1) }
+      end
+    end
+  end
+end
+
+-- reads the native config file into model; returns the Ambassador paths it lists
+local function read_native(path, model, errs, warns)
+  local text, err = fs.read(path)
+  if not text then
+    errs[#errs + 1] = tostring(err)
+    return {}
+  end
+  local docs, yerr = yaml.load(text, path)
+  if not docs then
+    errs[#errs + 1] = yerr
+    return {}
+  end
+  if #docs == 0 then
+    return {}
+  end
+  if #docs > 1 then
+    errs[#errs + 1] = string_format("%s:%d: one YAML document expected, found %d", path,
+      type(docs[2]) == "table" and yaml_line(docs[2]) or 1, #docs)
+    return {}
+  end
+  local top = docs[1]
+  if type(top) ~= "table" or not check.is_map(top) then
+    errs[#errs + 1] = string_format("%s:1: the configuration must be a mapping of keys, not %s", path,
+      check.describe(top))
+    return {}
+  end
+
+  local r = reader(path, top, "", errs, warns)
+  local dir = fs.dirname(path)
+
+  local workers = r.get("workers")
+  if workers ~= nil then
+    if not check.is_integer(workers) or workers < 1 then
+      r.fail("workers", "must be an integer >= 1, not " .. check.describe(workers))
+    else
+      model.workers = workers
+    end
+  end
+
+  local level = r.get("log_level")
+  if level ~= nil then
+    if type(level) ~= "string" or not LOG_LEVELS[level] then
+      r.fail("log_level", "must be one of debug, info, warn, error, not " .. check.describe(level))
+    else
+      model.log_level = level
+    end
+  end
+
+  read_admin(r, model)
+
+  for _, p in ipairs(r.strings("lua_path")) do
+    model.lua_path[#model.lua_path + 1] = fs.join(dir, p)
+  end
+
+  read_chain(r, model)
+
+  local amb = {}
+  for _, p in ipairs(r.strings("ambassador")) do
+    amb[#amb + 1] = fs.join(dir, p)
+  end
+
+  r.unknown(KEYS)
+  return amb
+end
+
+function M.defaults()
+  return {
+    workers = M.DEFAULTS.workers,
+    log_level = M.DEFAULTS.log_level,
+    admin = { address = M.DEFAULTS.admin_address, port = M.DEFAULTS.admin_port },
+    lua_path = {},
+    chain = {},
+    listeners = {},
+    hosts = {},
+    clusters = {},
+    routes = {},
+    module = {},
+  }
+end
+
+function M.load(args)
+  args = args or {}
+  local errs, warns = {}, {}
+  local model = M.defaults()
+
+  local paths = {}
+  if args.config ~= nil then
+    paths = read_native(args.config, model, errs, warns)
+  end
+  local extra = args.ambassador
+  if type(extra) == "string" then
+    extra = { extra }
+  end
+  for _, p in ipairs(extra or {}) do
+    paths[#paths + 1] = p
+  end
+
+  local opts = { ambassador_id = args.ambassador_id, namespace = args.namespace }
+  local part, aerrs, awarns
+  if #paths > 0 then
+    part, aerrs, awarns = ambassador.load(paths, opts)
+  else
+    part, aerrs, awarns = ambassador.build_model({}, opts)
+  end
+  for _, e in ipairs(aerrs) do
+    errs[#errs + 1] = e
+  end
+  for _, w in ipairs(awarns) do
+    warns[#warns + 1] = w
+  end
+
+  if #errs > 0 or not part then
+    return nil, errs, warns
+  end
+  model.listeners = part.listeners
+  model.hosts = part.hosts
+  model.clusters = part.clusters
+  model.routes = part.routes
+  model.module = part.module
+  return model, errs, warns
+end
+
+return M
