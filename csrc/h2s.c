@@ -18,6 +18,7 @@ struct h2s {
     h2s_open_fn open;
     void *open_arg;
     struct side *sides; /* open streams that have an exchange */
+    int heard_client;   /* the client's preface arrived: our SETTINGS may go out */
 };
 
 static const struct side_ops h2s_ops;
@@ -261,12 +262,17 @@ static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
                nghttp2_strerror((int)rv));
         return NU_ERR_PROTO;
     }
+    s->heard_client = 1;
     return 0;
 }
 
 static int h2s_fill(struct conn *c)
 {
     struct h2s *s = c->codec;
+    /* Say nothing until the client spoke: an HTTP/1 client must get our 505
+     * as the first bytes, not an HTTP/2 SETTINGS frame. */
+    if (!s->heard_client)
+        return 0;
     while (buf_size(&c->wbuf) < CONN_WBUF_HIGH) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
