@@ -1,0 +1,593 @@
+"""Shared harness for nuncio's integration tests (spec/04-integration).
+
+Everything runs for real: grpcio servers in this process on 127.0.0.1, the
+nuncio binary ($NUNCIO_BIN) as a child process on free ports, grpcio clients.
+
+    from nuncio_fixture import Nuncio, Upstream, NuncioTestCase, stubs
+
+* stubs()          -> namespace with helloworld_pb2(_grpc) and echo_pb2(_grpc),
+                      generated once per process into a temp dir.
+* Upstream(...)    -> a grpc.server on 127.0.0.1:<ephemeral> with the test
+                      Greeter and Echo servicers; records every call it gets.
+* Nuncio(...)      -> writes Ambassador YAML + a native config into a temp dir,
+                      starts the proxy, waits for admin /ready; .stats(),
+                      .wait_stats(), .channel(), .log(), .stop() (asserts exit 0:
+                      under ASan that is the leak check).
+* NuncioTestCase   -> unittest.TestCase whose every failure or error message
+                      carries the proxy log of the test.
+
+Nothing here sleeps to synchronize: readiness and settling are polled against a
+deadline, and servers signal with threading.Event.
+"""
+import functools
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+import unittest
+from concurrent import futures
+
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.environ.get("NUNCIO_SRC") or os.path.abspath(os.path.join(HERE, "..", ".."))
+BIN = os.environ.get("NUNCIO_BIN") or os.path.join(SRC, "build", "nuncio")
+SANITIZE = os.environ.get("NUNCIO_SANITIZE") == "1"
+
+# Deadlines: generous under ASan, which is several times slower.
+SLOW = 3 if SANITIZE else 1
+START_TIMEOUT = 15 * SLOW
+STOP_TIMEOUT = 30 * SLOW
+SETTLE_TIMEOUT = 10 * SLOW
+CALL_TIMEOUT = 20 * SLOW
+
+MiB = 1024 * 1024
+MAX_MESSAGE = 16 * MiB
+GRPC_MSG_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE)]
+
+LOG_MARK = "---- nuncio log"
+
+
+# --------------------------------------------------------------------------- stubs
+
+_stubs = None
+_stubs_lock = threading.Lock()
+
+
+def stubs():
+    """Generates (once per process) and imports the Python stubs of
+    examples/grpc-greeter/protos/helloworld.proto and spec/04-integration/protos/echo.proto."""
+    global _stubs
+    with _stubs_lock:
+        if _stubs is None:
+            from grpc_tools import protoc
+            out = tempfile.mkdtemp(prefix="nuncio-stubs-")
+            import atexit
+            atexit.register(shutil.rmtree, out, True)
+            for proto_dir, proto in ((os.path.join(SRC, "examples", "grpc-greeter", "protos"), "helloworld.proto"),
+                                     (os.path.join(SRC, "spec", "04-integration", "protos"), "echo.proto")):
+                rc = protoc.main(["grpc_tools.protoc", "-I" + proto_dir, "--python_out=" + out,
+                                  "--grpc_python_out=" + out, os.path.join(proto_dir, proto)])
+                if rc != 0:
+                    raise RuntimeError("protoc failed on %s/%s (exit %d)" % (proto_dir, proto, rc))
+            sys.path.insert(0, out)
+            import echo_pb2
+            import echo_pb2_grpc
+            import helloworld_pb2
+            import helloworld_pb2_grpc
+            _stubs = types.SimpleNamespace(helloworld_pb2=helloworld_pb2, helloworld_pb2_grpc=helloworld_pb2_grpc,
+                                           echo_pb2=echo_pb2, echo_pb2_grpc=echo_pb2_grpc)
+    return _stubs
+
+
+# --------------------------------------------------------------------------- ports
+
+def free_port():
+    """A TCP port nobody listens on right now (bind port 0, close). Racy by nature:
+    Nuncio.start() retries with new ports when the proxy cannot bind."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def port_accepts(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- upstream
+
+class _Recorder(grpc.ServerInterceptor):
+    def __init__(self, upstream):
+        self.upstream = upstream
+
+    def intercept_service(self, continuation, details):
+        with self.upstream.lock:
+            self.upstream.calls.append((details.method, dict(details.invocation_metadata)))
+        return continuation(details)
+
+
+class Greeter:
+    """helloworld.Greeter for tests: SayHelloStreamReply sends STREAM_REPLIES replies."""
+    STREAM_REPLIES = 50
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+
+    def SayHello(self, request, context):
+        with self.upstream.lock:
+            self.upstream.peers.add(context.peer())
+        return stubs().helloworld_pb2.HelloReply(message="Hello, %s!" % request.name)
+
+    def SayHelloStreamReply(self, request, context):
+        pb = stubs().helloworld_pb2
+        for i in range(self.STREAM_REPLIES):
+            yield pb.HelloReply(message="Hello %d, %s!" % (i, request.name))
+
+    def SayHelloBidiStream(self, request_iterator, context):
+        pb = stubs().helloworld_pb2
+        for request in request_iterator:
+            yield pb.HelloReply(message="Hello, %s!" % request.name)
+
+
+_STATUS_BY_VALUE = {sc.value[0]: sc for sc in grpc.StatusCode}
+
+
+class Echo:
+    """echo.Echo (spec/04-integration/protos/echo.proto). Calls with a tag get an
+    Event in upstream.ended[tag], set by a context callback when the RPC ends on
+    the server (completed, cancelled or reset)."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+
+    def _track(self, tag, context):
+        if tag:
+            context.add_callback(self.upstream.ended_event(tag).set)
+
+    def Echo(self, request, context):
+        # "status:<code>:<message>" -> the call fails with that status, and
+        # response headers / trailers a test can look for.
+        if request.text.startswith("status:"):
+            _, code, message = request.text.split(":", 2)
+            context.send_initial_metadata([("x-it-header", "h1")])
+            context.set_trailing_metadata([("x-it-trailer", "t1")])
+            context.abort(_STATUS_BY_VALUE[int(code)], message)
+        return stubs().echo_pb2.EchoReply(text=request.text, payload=request.payload)
+
+    def Collect(self, request_iterator, context):
+        texts = [r.text for r in request_iterator]
+        return stubs().echo_pb2.EchoReply(text=",".join(texts), index=len(texts))
+
+    def Expand(self, request, context):
+        pb = stubs().echo_pb2
+        self._track(request.tag, context)
+        pause = threading.Event()  # never set: paces the stream (interval_ms), not a synchronization
+        i = 0
+        while request.count == 0 or i < request.count:
+            if request.die_after and i == request.die_after:
+                # The upstream dies mid-stream: stop(None) cancels every call at
+                # once (grpc sends trailers with grpc-status 14 "Cancelling all
+                # calls", then RST_STREAM) and shuts the server down (GOAWAY, close).
+                self.upstream.died.set()
+                self.upstream.server.stop(None)
+                return
+            if not context.is_active():
+                return
+            yield pb.EchoReply(text="%s %d" % (request.text, i), index=i)
+            i += 1
+            if request.interval_ms:
+                pause.wait(request.interval_ms / 1000.0)
+
+    def Chat(self, request_iterator, context):
+        pb = stubs().echo_pb2
+        for i, request in enumerate(request_iterator):
+            if i == 0:
+                self._track(request.tag, context)
+            yield pb.EchoReply(text=request.text, payload=request.payload, index=i)
+
+
+class Upstream:
+    """A real grpcio server (thread pool) on 127.0.0.1 with Greeter and Echo."""
+
+    def __init__(self, workers=32):
+        s = stubs()
+        self.lock = threading.Lock()
+        self.calls = []          # (method path the server saw, metadata dict)
+        self.peers = set()       # context.peer() of SayHello calls (one per upstream connection)
+        self.ended = {}          # tag -> threading.Event
+        self.died = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                                  interceptors=[_Recorder(self)], options=GRPC_MSG_OPTIONS)
+        s.helloworld_pb2_grpc.add_GreeterServicer_to_server(Greeter(self), self.server)
+        s.echo_pb2_grpc.add_EchoServicer_to_server(Echo(self), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if not self.port:
+            raise RuntimeError("the upstream grpc server could not bind 127.0.0.1:0")
+        self.server.start()
+        self.address = "127.0.0.1:%d" % self.port
+
+    def ended_event(self, tag):
+        with self.lock:
+            return self.ended.setdefault(tag, threading.Event())
+
+    def methods_seen(self):
+        with self.lock:
+            return [m for m, _ in self.calls]
+
+    def calls_to(self, method):
+        with self.lock:
+            return [md for m, md in self.calls if m == method]
+
+    def stop(self):
+        self.server.stop(0).wait(5)
+
+
+class UpstreamProcess:
+    """The same Upstream in a child process (this file run as a script), so a test
+    can SIGKILL it: the upstream dies without sending anything more. The child
+    prints its port, then serves until its stdin closes (it never outlives us)."""
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+        log = open(log_path, "ab")
+        try:
+            self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+        finally:
+            log.close()
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        line = b""
+        if sel.select(START_TIMEOUT):
+            line = self.proc.stdout.readline()
+        sel.close()
+        if not line.startswith(b"PORT "):
+            self.kill()
+            with open(log_path, "rb") as f:
+                raise RuntimeError("the upstream process did not start: %r\n%s" % (line, f.read().decode()))
+        self.port = int(line.split()[1])
+        self.address = "127.0.0.1:%d" % self.port
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if not pipe.closed:
+                pipe.close()
+
+
+def _serve_main():
+    up = Upstream()
+    sys.stdout.write("PORT %d\n" % up.port)
+    sys.stdout.flush()
+    sys.stdin.read()  # until the parent closes our stdin (or dies)
+    up.stop()
+
+
+# --------------------------------------------------------------------------- config
+
+def _q(value):
+    """A YAML scalar: JSON strings and numbers are valid YAML 1.1 flow scalars."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def _yaml_block(d, indent):
+    lines = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append("%s%s:" % (" " * indent, k))
+            lines.extend(_yaml_block(v, indent + 2))
+        else:
+            lines.append("%s%s: %s" % (" " * indent, k, _q(v)))
+    return lines
+
+
+def mapping(name, prefix, service, rewrite=None, **extra):
+    """An Emissary Mapping (v3alpha1) routed on every host. rewrite defaults to the prefix."""
+    spec = {"hostname": "*", "prefix": prefix, "rewrite": prefix if rewrite is None else rewrite,
+            "grpc": True, "service": service, "timeout_ms": 60000}
+    spec.update(extra)
+    return {"apiVersion": "getambassador.io/v3alpha1", "kind": "Mapping",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def ambassador_yaml(listener_port, mappings):
+    docs = [{"apiVersion": "getambassador.io/v3alpha1", "kind": "Listener",
+             "metadata": {"name": "it-listener"},
+             "spec": {"port": listener_port, "protocol": "HTTP", "securityModel": "XFP",
+                      "bind_address": "127.0.0.1", "hostBinding": {"namespace": {"from": "ALL"}}}},
+            {"apiVersion": "getambassador.io/v3alpha1", "kind": "Host",
+             "metadata": {"name": "it-host"},
+             "spec": {"hostname": "*", "requestPolicy": {"insecure": {"action": "Route"}}}}]
+    docs.extend(mappings)
+    return "".join("---\n" + "\n".join(_yaml_block(d, 0)) + "\n" for d in docs)
+
+
+def native_yaml(admin_port, chain=None, lua_path=None, ambassador=("ambassador.yaml",)):
+    out = ["admin:", "  address: 127.0.0.1", "  port: %d" % admin_port, "log_level: info",
+           "ambassador: [%s]" % ", ".join(_q(a) for a in ambassador)]
+    if lua_path:
+        out.append("lua_path: [%s]" % ", ".join(_q(p) for p in lua_path))
+    if chain:
+        out.append("chain:")
+        for entry in chain:
+            out.append("  - name: %s" % _q(entry["name"]))
+            if entry.get("config"):
+                out.append("    config: %s" % json.dumps(entry["config"]))
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- the proxy
+
+class ProxyError(AssertionError):
+    pass
+
+
+class Nuncio:
+    """The proxy under test. mappings: a list of mapping(...) dicts, or a function
+    of nothing returning one (called for every start attempt). lua_files: {name.lua: text}
+    written into a temp lua dir put on lua_path; chain: [{"name":..., "config":...}]."""
+
+    def __init__(self, mappings, chain=None, lua_files=None, name="nuncio"):
+        if not os.access(BIN, os.X_OK):
+            raise ProxyError("NUNCIO_BIN %s is not an executable (build first)" % BIN)
+        self.dir = tempfile.mkdtemp(prefix="nuncio-it-%s-" % name)
+        self.log_path = os.path.join(self.dir, "nuncio.log")
+        self.mappings = mappings
+        self.chain = chain
+        self.lua_dir = None
+        if lua_files:
+            self.lua_dir = os.path.join(self.dir, "lua")
+            os.makedirs(self.lua_dir)
+            for fname, text in lua_files.items():
+                with open(os.path.join(self.lua_dir, fname), "w") as f:
+                    f.write(text)
+        self.proc = None
+        self.port = self.admin_port = None
+        self.returncode = None
+
+    # -- lifecycle
+
+    def start(self, attempts=5):
+        for _ in range(attempts):
+            self.port, self.admin_port = free_port(), free_port()
+            while self.admin_port == self.port:
+                self.admin_port = free_port()
+            with open(os.path.join(self.dir, "ambassador.yaml"), "w") as f:
+                f.write(ambassador_yaml(self.port, self.mappings() if callable(self.mappings) else self.mappings))
+            self.config_path = os.path.join(self.dir, "nuncio.yaml")
+            with open(self.config_path, "w") as f:
+                f.write(native_yaml(self.admin_port, self.chain, [self.lua_dir] if self.lua_dir else None))
+            attempt_start = self.log_size()
+            log = open(self.log_path, "ab")
+            try:
+                self.proc = subprocess.Popen([BIN, "-c", self.config_path], stdout=log, stderr=log,
+                                             stdin=subprocess.DEVNULL, cwd=self.dir)
+            finally:
+                log.close()
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                rc = self.proc.poll()
+                if rc is not None:
+                    self.returncode = rc
+                    if "cannot listen" in self.log(attempt_start):
+                        break  # lost a port race: retry on new ports
+                    raise ProxyError("nuncio exited with status %d while starting%s" % (rc, self.format_log()))
+                if self._ready():
+                    return self
+                time.sleep(0.02)  # poll interval, not synchronization
+            else:
+                self.kill()
+                raise ProxyError("nuncio did not answer /ready on 127.0.0.1:%d within %ss%s"
+                                 % (self.admin_port, START_TIMEOUT, self.format_log()))
+        raise ProxyError("nuncio could not bind free ports in %d attempts%s" % (attempts, self.format_log()))
+
+    def _ready(self):
+        try:
+            status, body = self.admin_get("/ready", timeout=1)
+        except OSError:
+            return False
+        return status == 200 and "LIVE" in body
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        """SIGTERM, wait, and require exit status 0 (under ASan: no leak, no error)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise ProxyError("nuncio did not exit within %ss of SIGTERM%s" % (STOP_TIMEOUT, self.format_log()))
+        self.returncode = self.proc.returncode
+        self.proc = None
+        if self.returncode != 0:
+            what = "a leak or sanitizer error (ASan)" if SANITIZE else "an error"
+            raise ProxyError("nuncio exited with status %d after SIGTERM (expected 0; non-zero means %s)%s"
+                             % (self.returncode, what, self.format_log()))
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def cleanup(self):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- admin
+
+    def admin_get(self, path, timeout=5):
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+
+    def stats(self):
+        status, body = self.admin_get("/stats")
+        if status != 200:
+            raise ProxyError("GET /stats -> %d %r%s" % (status, body, self.format_log()))
+        out = {}
+        for line in body.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                out[parts[0]] = int(parts[1])
+        return out
+
+    def wait_stats(self, timeout=SETTLE_TIMEOUT, **expected):
+        """Polls /stats until every name=value in expected holds; returns the stats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.stats()
+            if all(st.get(k) == v for k, v in expected.items()):
+                return st
+            if time.monotonic() >= deadline:
+                raise ProxyError("/stats did not reach %s within %ss; last: %s%s"
+                                 % (expected, timeout, st, self.format_log()))
+            time.sleep(0.02)  # poll interval
+
+    # -- clients and logs
+
+    def channel(self, options=()):
+        return grpc.insecure_channel("127.0.0.1:%d" % self.port, options=list(options))
+
+    def log(self, since=0):
+        """The proxy's log (stderr) from byte offset `since` (see log_size())."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_size(self):
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def format_log(self, since=0, max_lines=120):
+        text = self.log(since)
+        lines = text.splitlines()
+        cut = ""
+        if len(lines) > max_lines:
+            cut = "(%d earlier lines cut)\n" % (len(lines) - max_lines)
+            lines = lines[-max_lines:]
+        return "\n%s (%s, from byte %d) ----\n%s%s\n---- end of nuncio log ----" % (
+            LOG_MARK, self.log_path, since, cut, "\n".join(lines))
+
+
+# --------------------------------------------------------------------------- test case
+
+def _with_log(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except unittest.SkipTest:
+            raise
+        except BaseException as e:  # noqa: B902 - every failure gets the proxy log
+            if isinstance(e, KeyboardInterrupt) or LOG_MARK in str(e):
+                raise
+            proxy = getattr(self, "proxy", None)
+            log = proxy.format_log(self._log_mark) if proxy is not None else ""
+            detail = str(e)
+            if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
+                detail = "RPC failed: %s: %s" % (e.code(), e.details())
+            raise self.failureException("%s: %s%s" % (type(e).__name__, detail, log)) from e
+    return wrapper
+
+
+class NuncioTestCase(unittest.TestCase):
+    """Tests share one proxy per class (cls.proxy), started by start_proxy() in
+    setUpClass. tearDownClass waits for live_streams 0 and stops the proxy
+    requiring exit status 0. Any failure in a test_* method carries the log."""
+
+    proxy = None
+    maxDiff = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, value in list(cls.__dict__.items()):
+            if name.startswith("test") and callable(value):
+                setattr(cls, name, _with_log(value))
+
+    @classmethod
+    def start_upstream(cls, **kwargs):
+        up = Upstream(**kwargs)
+        cls.addClassCleanup(up.stop)
+        return up
+
+    @classmethod
+    def start_proxy(cls, mappings, **kwargs):
+        proxy = Nuncio(mappings, name=cls.__name__, **kwargs)
+        cls.addClassCleanup(proxy.cleanup)
+        cls.proxy = proxy.start()
+        return proxy
+
+    @classmethod
+    def tearDownClass(cls):
+        proxy = cls.proxy
+        if proxy is None or proxy.proc is None:
+            return
+        if proxy.running():
+            try:
+                proxy.wait_stats(live_streams=0)
+            finally:
+                proxy.stop()
+        else:
+            proxy.stop()  # it died during the tests: reports the status and the log
+
+    def setUp(self):
+        self._log_mark = self.proxy.log_size() if self.proxy is not None else 0
+
+    def proxy_log(self):
+        return self.proxy.log(self._log_mark) if self.proxy is not None else ""
+
+    def assertRpcCode(self, exc_ctx, code, details_contains=None):
+        """assertRaises(grpc.RpcError) context -> check its status code (and details)."""
+        err = exc_ctx.exception
+        self.assertEqual(err.code(), code, "got %s: %r" % (err.code(), err.details()))
+        if details_contains is not None:
+            self.assertIn(details_contains, err.details() or "")
+        return err
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
+    _serve_main()
