@@ -9,7 +9,7 @@ DEB_PACKAGES := build-essential cmake pkg-config libev-dev libnghttp2-dev libyam
 	luajit2 libluajit2-5.1-dev lua-busted python3-grpcio python3-grpc-tools python3-protobuf \
 	nghttp2-client curl openssl
 
-.PHONY: all deps build run test test-asan asan clean example-stubs
+.PHONY: all deps build run test test-plain test-asan asan clean example-stubs
 
 all: build
 
@@ -36,14 +36,19 @@ example-stubs: deps
 run: build example-stubs
 	@examples/grpc-greeter/run.sh $(BUILD)/nuncio conf/nuncio.yaml
 
-test: build
+# Every suite, then every suite again under ASan + UBSan (its summary prints last).
+test: build asan
 	cd $(BUILD) && ctest --output-on-failure -j 2
+	cd $(ASAN_BUILD) && ctest --output-on-failure -j 2
 
 asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DNUNCIO_SANITIZE=ON >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
-# The whole suite under AddressSanitizer + UBSan.
+test-plain: build
+	cd $(BUILD) && ctest --output-on-failure -j 2
+
+# The whole suite under AddressSanitizer + UBSan only.
 test-asan: asan
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j 2
 
