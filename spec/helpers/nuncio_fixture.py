@@ -205,7 +205,7 @@ class Echo:
 class Upstream:
     """A real grpcio server (thread pool) on 127.0.0.1 with Greeter and Echo."""
 
-    def __init__(self, workers=32):
+    def __init__(self, workers=32, port=0):
         s = stubs()
         self.lock = threading.Lock()
         self.calls = []          # (method path the server saw, metadata dict)
@@ -216,9 +216,11 @@ class Upstream:
                                   interceptors=[_Recorder(self)], options=GRPC_MSG_OPTIONS)
         s.helloworld_pb2_grpc.add_GreeterServicer_to_server(Greeter(self), self.server)
         s.echo_pb2_grpc.add_EchoServicer_to_server(Echo(self), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        # grpcio binds with SO_REUSEPORT, so a second Upstream may share a port
+        # with a first one that is about to stop (an upstream restart).
+        self.port = self.server.add_insecure_port("127.0.0.1:%d" % port)
         if not self.port:
-            raise RuntimeError("the upstream grpc server could not bind 127.0.0.1:0")
+            raise RuntimeError("the upstream grpc server could not bind 127.0.0.1:%d" % port)
         self.server.start()
         self.address = "127.0.0.1:%d" % self.port
 
@@ -368,7 +370,9 @@ class Nuncio:
             self.lua_dir = os.path.join(self.dir, "lua")
             os.makedirs(self.lua_dir)
             for fname, text in lua_files.items():
-                with open(os.path.join(self.lua_dir, fname), "w") as f:
+                path = os.path.join(self.lua_dir, fname)
+                os.makedirs(os.path.dirname(path), exist_ok=True)  # "nuncio/router.lua" replaces a bundled module
+                with open(path, "w") as f:
                     f.write(text)
         self.proc = None
         self.port = self.admin_port = None
