@@ -62,12 +62,7 @@ local HANDLED_KINDS = check.set { "Mapping", "Host", "Listener", "Module", "TLSC
 -- keys a flat (annotation-style) document carries beside its fields
 local FLAT_META = check.set { "apiVersion", "kind", "name", "namespace", "metadata_labels", "ambassador_id" }
 
-local function value(v)
-  if v == NULL then
-    return nil
-  end
-  return v
-end
+local value = check.value
 
 local function env_or(name, default)
   local v = os_getenv(name)

@@ -36,12 +36,7 @@ M.DEFAULTS = {
 local LOG_LEVELS = check.set { "debug", "info", "warn", "error" }
 local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador" }
 
-local function value(v)
-  if v == NULL then
-    return nil
-  end
-  return v
-end
+local value = check.value
 
 -- a reader over one mapping of the native config; messages "file:line: key: msg"
 local function reader(file, tbl, path, errs, warns)

@@ -27,6 +27,14 @@ local yaml_line = yaml.line
 
 local M = { NULL = NULL }
 
+-- A YAML value with YAML's null turned into nil ("key:" with nothing after it).
+function M.value(v)
+  if v == NULL then
+    return nil
+  end
+  return v
+end
+
 -- The YAML line of tbl[key] (or of tbl), mapped into the resource's file.
 function M.line_of(res, tbl, key)
   local l
