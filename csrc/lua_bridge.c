@@ -172,51 +172,43 @@ int lua_bridge_run(struct worker *w, struct stream *st, int phase)
     int top = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
     lua_getfield(L, -1, phase_fn[phase]);
+    /* Phases return (code[, error]): code < 0 is a filter error the chain
+     * caught, with the filter's name and traceback in the message. */
+    lua_State *co = L;
     int rc;
-    const char *err = NULL;
     if (phase == LB_PHASE_LOG) {
         /* The log phase never waits, so it skips the coroutine. */
         lua_pushlightuserdata(L, st);
         rc = lua_pcall(L, 1, 2, 0);
-        if (rc != 0) {
-            err = lua_tostring(L, -1);
-        } else if (lua_tointeger(L, -2) < 0) {
-            err = lua_tostring(L, -1);
-            rc = -1;
-        }
     } else {
         /* One coroutine per phase run, so a filter can later wait without blocking the loop. */
-        lua_State *co = lua_newthread(L);
+        co = lua_newthread(L);
         lua_pushvalue(L, -2);
         lua_xmove(L, co, 1);
         lua_pushlightuserdata(co, st);
         rc = lua_resume(co, 1);
-        if (rc == LUA_YIELD) {
-            err = "a filter yielded: waiting inside a filter is not supported yet";
-            rc = -1;
-        } else if (rc != 0) {
-            err = lua_tostring(co, -1);
-        } else {
-            int r = (int)lua_tointeger(co, 1);
-            if (r < 0) {
-                err = lua_tostring(co, 2);
-                rc = -1;
-            } else {
-                rc = 0;
-                lua_settop(L, top);
-                return r == LB_REPLIED ? LB_REPLIED : LB_CONTINUE;
-            }
-        }
-        if (err) {
-            nu_log(NU_LOG_ERROR, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id,
-                   err);
-            err = NULL;
-        }
     }
-    if (err)
-        nu_log(NU_LOG_ERROR, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id, err);
+    int result = LB_CONTINUE;
+    const char *err = NULL;
+    if (rc == LUA_YIELD) {
+        err = "a filter yielded: waiting inside a filter is not supported yet";
+    } else if (rc != 0) {
+        err = lua_tostring(co, -1);
+    } else {
+        int base = co == L ? top + 1 : 0; /* on L the results sit above the runtime table */
+        int code = (int)lua_tointeger(co, base + 1);
+        if (code < 0)
+            err = lua_tostring(co, base + 2);
+        else if (code == LB_REPLIED)
+            result = LB_REPLIED;
+    }
+    if (err || rc != 0) {
+        nu_log(NU_LOG_ERROR, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id,
+               err ? err : "filter error");
+        result = NU_ERR_LUA;
+    }
     lua_settop(L, top);
-    return rc == 0 ? LB_CONTINUE : NU_ERR_LUA;
+    return result;
 }
 
 void lua_bridge_close(struct lua_State *L)
