@@ -35,6 +35,8 @@ function M.new(config)
       error("it_boom: thrown in on_request_headers on purpose")
     elseif v == "response" then
       stream.ctx.boom = true
+    elseif v == "log" then
+      stream.ctx.boom_log = true
     end
     stream.request:set("x-it-boom-seen", "1")
   end
@@ -42,6 +44,12 @@ function M.new(config)
   function inst.on_response_headers(self, stream)
     if stream.ctx.boom then
       error("it_boom: thrown in on_response_headers on purpose")
+    end
+  end
+
+  function inst.on_log(self, stream)
+    if stream.ctx.boom_log then
+      error("it_boom: thrown in on_log on purpose")
     end
   end
 
@@ -109,6 +117,15 @@ class FilterErrorTest(NuncioTestCase):
         reply, _ = self.say_hello("after")
         self.assertEqual(reply.message, "Hello, after!")
         self.proxy.wait_stats(live_streams=0)
+
+    def test_throw_in_log_is_logged_and_the_call_still_succeeds(self):
+        # The response was already sent when on_log runs: the error is logged
+        # with the filter's name, the call is not affected.
+        reply, _ = self.say_hello("logged", ("x-boom", "log"))
+        self.assertEqual(reply.message, "Hello, logged!")
+        self.proxy.wait_stats(live_streams=0)
+        self.assertIn("filter it_boom: on_log failed", self.proxy_log())
+        self.assertIn("thrown in on_log on purpose", self.proxy_log())
 
 
 class UpstreamDiesMidStreamTest(NuncioTestCase):
