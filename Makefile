@@ -5,7 +5,7 @@ JOBS       ?= $(shell nproc)
 PYTHON     := /usr/bin/python3
 
 # Debian 12 packages the build, the tests and the example need.
-DEB_PACKAGES := build-essential cmake pkg-config libev-dev libnghttp2-dev libyaml-dev libhttp-parser-dev \
+DEB_PACKAGES := build-essential cmake pkg-config libev-dev libnghttp2-dev libyaml-dev libhttp-parser-dev libmbedtls-dev \
 	luajit2 libluajit2-5.1-dev lua-busted python3-grpcio python3-grpc-tools python3-protobuf \
 	nghttp2-client curl openssl
 

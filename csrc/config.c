@@ -34,6 +34,95 @@ static int get_bool(lua_State *L, int t, const char *key)
     return v;
 }
 
+/* t[key] as an array of string copies (a single string is a one-element list). */
+static int get_str_list(lua_State *L, int t, const char *key, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    lua_getfield(L, t, key);
+    if (lua_isstring(L, -1)) {
+        *out = calloc(1, sizeof **out);
+        if (!*out || !((*out)[0] = strdup(lua_tostring(L, -1)))) {
+            lua_pop(L, 1);
+            return NU_ERR_NOMEM;
+        }
+        *n = 1;
+    } else if (lua_istable(L, -1)) {
+        size_t len = lua_objlen(L, -1);
+        if (len) {
+            *out = calloc(len, sizeof **out);
+            if (!*out) {
+                lua_pop(L, 1);
+                return NU_ERR_NOMEM;
+            }
+        }
+        for (size_t i = 0; i < len; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            const char *s = lua_tostring(L, -1);
+            (*out)[*n] = strdup(s ? s : "");
+            lua_pop(L, 1);
+            if (!(*out)[*n]) {
+                lua_pop(L, 1);
+                return NU_ERR_NOMEM;
+            }
+            (*n)++;
+        }
+    }
+    lua_pop(L, 1);
+    return NU_OK;
+}
+
+static void free_str_list(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* "v1.2" -> 3 (TLS minor version numbering: v1.0 is 1); 0 when absent or unknown. */
+static int tls_version(lua_State *L, int t, const char *key)
+{
+    lua_getfield(L, t, key);
+    const char *s = lua_tostring(L, -1);
+    int v = 0;
+    if (s && strlen(s) == 4 && s[0] == 'v' && s[1] == '1' && s[2] == '.' && s[3] >= '0' && s[3] <= '3')
+        v = s[3] - '0' + 1;
+    lua_pop(L, 1);
+    return v;
+}
+
+static int read_tls(lua_State *L, int t, struct nu_tls_cfg *tc)
+{
+    tc->name = get_str(L, t, "name", "tls");
+    tc->cert_pem = get_str(L, t, "cert_chain_pem", NULL);
+    tc->key_pem = get_str(L, t, "private_key_pem", NULL);
+    tc->ca_pem = get_str(L, t, "ca_pem", NULL);
+    tc->sni = get_str(L, t, "sni", NULL);
+    tc->source = get_str(L, t, "source", "TLS settings");
+    tc->cert_required = get_bool(L, t, "cert_required");
+    tc->min_version = tls_version(L, t, "min_tls_version");
+    tc->max_version = tls_version(L, t, "max_tls_version");
+    int rc = get_str_list(L, t, "hostnames", &tc->hostnames, &tc->n_hostnames);
+    rc |= get_str_list(L, t, "alpn_protocols", &tc->alpn, &tc->n_alpn);
+    rc |= get_str_list(L, t, "cipher_suites", &tc->ciphers, &tc->n_ciphers);
+    if (rc || !tc->name || !tc->source)
+        return NU_ERR_NOMEM;
+    return NU_OK;
+}
+
+static void free_tls(struct nu_tls_cfg *tc)
+{
+    free(tc->name);
+    free(tc->cert_pem);
+    free(tc->key_pem);
+    free(tc->ca_pem);
+    free(tc->sni);
+    free(tc->source);
+    free_str_list(tc->hostnames, tc->n_hostnames);
+    free_str_list(tc->alpn, tc->n_alpn);
+    free_str_list(tc->ciphers, tc->n_ciphers);
+}
+
 int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -76,6 +165,14 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         lc->name = get_str(L, t, "name", "listener");
         lc->address = get_str(L, t, "address", "0.0.0.0");
         lc->port = get_int(L, t, "port", -1);
+        lc->tls = get_bool(L, t, "tls");
+        lc->l7_depth = get_int(L, t, "l7_depth", 0);
+        char *model = get_str(L, t, "security_model", "XFP");
+        lc->security_model = !model ? NU_SECURITY_XFP
+                             : strcmp(model, "SECURE") == 0   ? NU_SECURITY_SECURE
+                             : strcmp(model, "INSECURE") == 0 ? NU_SECURITY_INSECURE
+                                                              : NU_SECURITY_XFP;
+        free(model);
         lua_pop(L, 1);
         if (!lc->name || !lc->address)
             goto nomem;
@@ -103,9 +200,16 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         cc->host = get_str(L, t, "host", NULL);
         cc->port = get_int(L, t, "port", 80);
         cc->http2 = get_bool(L, t, "http2");
-        cc->tls = get_bool(L, t, "tls");
         cc->connect_timeout_ms = get_int(L, t, "connect_timeout_ms", 3000);
-        lua_pop(L, 1);
+        lua_getfield(L, t, "tls");
+        if (lua_istable(L, -1)) {
+            cc->tls = calloc(1, sizeof *cc->tls);
+            if (!cc->tls || read_tls(L, lua_gettop(L), cc->tls) != NU_OK) {
+                lua_pop(L, 2);
+                goto nomem;
+            }
+        }
+        lua_pop(L, 2);
         if (!cc->name)
             goto nomem;
         if (!cc->host) {
@@ -114,6 +218,22 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
             config_free(cfg);
             return NU_ERR_CONFIG;
         }
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, idx, "tls_contexts");
+    n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+    if (n) {
+        cfg->tls_contexts = calloc(n, sizeof *cfg->tls_contexts);
+        if (!cfg->tls_contexts)
+            goto nomem;
+    }
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        int rc = read_tls(L, lua_gettop(L), &cfg->tls_contexts[cfg->n_tls_contexts++]);
+        lua_pop(L, 1);
+        if (rc != NU_OK)
+            goto nomem;
     }
     lua_pop(L, 1);
     return NU_OK;
@@ -135,8 +255,15 @@ void config_free(struct nu_config *cfg)
     for (size_t i = 0; i < cfg->n_clusters; i++) {
         free(cfg->clusters[i].name);
         free(cfg->clusters[i].host);
+        if (cfg->clusters[i].tls) {
+            free_tls(cfg->clusters[i].tls);
+            free(cfg->clusters[i].tls);
+        }
     }
     free(cfg->clusters);
+    for (size_t i = 0; i < cfg->n_tls_contexts; i++)
+        free_tls(&cfg->tls_contexts[i]);
+    free(cfg->tls_contexts);
     free(cfg->admin_address);
     memset(cfg, 0, sizeof *cfg);
 }

@@ -7,10 +7,35 @@
 
 struct lua_State;
 
+/* TLS settings of one certificate context (termination) or one cluster (origination). */
+struct nu_tls_cfg {
+    char *name;
+    char **hostnames; /* SNI names served (termination) */
+    size_t n_hostnames;
+    char *cert_pem, *key_pem, *ca_pem; /* PEM text, NUL-terminated; NULL if absent */
+    int cert_required;
+    char **alpn;
+    size_t n_alpn;
+    int min_version, max_version; /* 0 = default, else minor version 1..4 for v1.0..v1.3 */
+    char **ciphers;
+    size_t n_ciphers;
+    char *sni;    /* origination: server name to send and check */
+    char *source; /* "file:line: Kind name: field" for errors */
+};
+
+enum nu_security_model {
+    NU_SECURITY_XFP = 0,
+    NU_SECURITY_SECURE = 1,
+    NU_SECURITY_INSECURE = 2,
+};
+
 struct nu_listener_cfg {
     char *name;
     char *address;
     int port;
+    int tls; /* HTTPS: TLS and cleartext on one port, told apart by the first byte */
+    int security_model;
+    int l7_depth;
 };
 
 struct nu_cluster_cfg {
@@ -18,8 +43,8 @@ struct nu_cluster_cfg {
     char *host;
     int port;
     int http2;
-    int tls;
     int connect_timeout_ms;
+    struct nu_tls_cfg *tls; /* NULL: cleartext */
 };
 
 struct nu_config {
@@ -32,6 +57,8 @@ struct nu_config {
     size_t n_listeners;
     struct nu_cluster_cfg *clusters;
     size_t n_clusters;
+    struct nu_tls_cfg *tls_contexts; /* termination certificates */
+    size_t n_tls_contexts;
 };
 
 /* Reads the model table at stack index idx. On error returns NU_ERR_CONFIG

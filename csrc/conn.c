@@ -1,6 +1,7 @@
 #include "conn.h"
 #include "log.h"
 #include "nuncio.h"
+#include "tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -35,6 +36,7 @@ static void conn_free(struct worker_defer *d)
     struct conn *c = nu_container_of(d, struct conn, defer);
     if (c->h && c->h->free && c->codec)
         c->h->free(c->codec);
+    tls_free(c->tls);
     buf_free(&c->wbuf);
     if (c->all_prev)
         c->all_prev->all_next = c->all_next;
@@ -70,26 +72,58 @@ static struct conn *conn_new(struct worker *w, int fd)
     return c;
 }
 
+static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents);
+
 struct conn *conn_accepted(struct worker *w, int fd, const struct sockaddr *sa)
 {
     struct conn *c = conn_new(w, fd);
     if (!c)
         return NULL;
     conn_format_addr(sa, c->peer, sizeof c->peer);
+    struct sockaddr_storage local;
+    socklen_t len = sizeof local;
+    if (getsockname(fd, (struct sockaddr *)&local, &len) == 0)
+        c->local_port = local.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&local)->sin6_port)
+                                                    : ntohs(((struct sockaddr_in *)&local)->sin_port);
     return c;
 }
 
-static void on_connect_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+void conn_accept_with(struct conn *c, struct tls_server *ts, conn_ready_fn ready, void *arg)
 {
-    struct conn *c = nu_container_of(t, struct conn, connect_timer);
-    if (!c->connecting)
-        return;
-    c->connecting = 0;
-    ev_io_stop(loop, &c->wio);
-    c->h->on_connect(c, NU_ERR_TIMEOUT);
+    c->sniffing = 1;
+    c->sniff_tls = ts;
+    c->ready = ready;
+    c->ready_arg = arg;
+    /* Sniff and handshake share one deadline: a client that never finishes is cut. */
+    ev_timer_init(&c->connect_timer, on_timeout, CONN_HANDSHAKE_TIMEOUT, 0.);
 }
 
-struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double timeout_s, int *err)
+const char *conn_alpn(struct conn *c)
+{
+    return c->tls ? tls_alpn(c->tls) : NULL;
+}
+
+static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct conn *c = nu_container_of(t, struct conn, connect_timer);
+    if (c->connecting || (c->handshaking && c->tls_client)) {
+        snprintf(c->detail, sizeof c->detail, "%s", c->connecting ? "connection timeout" : "TLS handshake timeout");
+        c->connecting = 0;
+        c->handshaking = 0;
+        ev_io_stop(loop, &c->wio);
+        ev_io_stop(loop, &c->rio);
+        c->h->on_connect(c, NU_ERR_TIMEOUT);
+        return;
+    }
+    if (c->sniffing || c->handshaking) {
+        nu_log(NU_LOG_INFO, "[c%llu] %s: no TLS handshake within %.0f s: closed", (unsigned long long)c->id, c->peer,
+               CONN_HANDSHAKE_TIMEOUT);
+        conn_close(c, NU_ERR_TIMEOUT);
+    }
+}
+
+struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double timeout_s,
+                          struct tls_client *tc, int *err)
 {
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -109,7 +143,8 @@ struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t
     }
     conn_format_addr(sa, c->peer, sizeof c->peer);
     c->connecting = 1;
-    ev_timer_init(&c->connect_timer, on_connect_timeout, timeout_s, 0.);
+    c->tls_client = tc;
+    ev_timer_init(&c->connect_timer, on_timeout, timeout_s, 0.);
     *err = NU_OK;
     return c;
 }
@@ -128,13 +163,16 @@ void conn_start(struct conn *c)
         ev_timer_start(c->w->loop, &c->connect_timer);
     } else {
         ev_io_start(c->w->loop, &c->rio);
-        conn_want_write(c);
+        if (c->sniffing)
+            ev_timer_start(c->w->loop, &c->connect_timer);
+        else
+            conn_want_write(c);
     }
 }
 
 void conn_want_write(struct conn *c)
 {
-    if (c->closing || c->connecting)
+    if (c->closing || c->connecting || c->handshaking || c->sniffing || !c->h)
         return;
     worker_want_flush(c->w, c);
 }
@@ -154,33 +192,137 @@ void conn_close(struct conn *c, int err)
     worker_defer(c->w, &c->defer);
 }
 
-static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
+/* Reads what the transport has and feeds the codec. */
+static void read_some(struct conn *c)
 {
-    struct conn *c = nu_container_of(io, struct conn, rio);
     uint8_t in[65536];
     /* A bounded number of reads per wake-up keeps one busy peer from starving the rest. */
-    for (int round = 0; round < 8 && !c->closing; round++) {
-        ssize_t n = read(c->fd, in, sizeof in);
-        if (n > 0) {
-            if (c->h->on_read(c, in, (size_t)n) < 0) {
-                conn_close(c, NU_ERR_PROTO);
+    for (int round = 0; round < 16 && !c->closing; round++) {
+        ssize_t n;
+        if (c->tls) {
+            int want_write = 0;
+            n = tls_read(c->tls, in, sizeof in, &want_write);
+            if (n == NU_ERR_AGAIN)
+                return;
+            if (n == NU_ERR_TLS) {
+                conn_close(c, NU_ERR_TLS);
                 return;
             }
-            conn_want_write(c);
-            if ((size_t)n < sizeof in)
+        } else {
+            n = read(c->fd, in, sizeof in);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN && errno != EWOULDBLOCK)
+                    conn_close(c, NU_ERR_IO);
                 return;
-            continue;
+            }
         }
         if (n == 0) {
             conn_close(c, NU_OK);
             return;
         }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
+        if (c->h->on_read(c, in, (size_t)n) < 0) {
+            conn_close(c, NU_ERR_PROTO);
+            return;
+        }
+        conn_want_write(c);
+        if (!c->tls && (size_t)n < sizeof in)
+            return;
+    }
+    /* Out of rounds with decrypted bytes left: they will not wake the loop by themselves. */
+    if (!c->closing && c->tls && tls_pending(c->tls))
+        ev_feed_event(c->w->loop, &c->rio, EV_READ);
+}
+
+static void handshake_step(struct conn *c)
+{
+    int want_write = 0;
+    int rc = tls_handshake(c->tls, &want_write, c->detail, sizeof c->detail);
+    if (rc == NU_ERR_AGAIN) {
+        if (want_write)
+            ev_io_start(c->w->loop, &c->wio);
+        else
+            ev_io_stop(c->w->loop, &c->wio);
+        ev_io_start(c->w->loop, &c->rio);
+        return;
+    }
+    c->handshaking = 0;
+    ev_io_stop(c->w->loop, &c->wio);
+    ev_timer_stop(c->w->loop, &c->connect_timer);
+    if (c->tls_client) {
+        /* upstream: the codec learns the outcome as its connect result */
+        c->h->on_connect(c, rc == NU_OK ? NU_OK : NU_ERR_TLS);
+        if (rc == NU_OK)
+            conn_want_write(c);
+        return;
+    }
+    if (rc != NU_OK) {
+        nu_log(NU_LOG_INFO, "[c%llu] %s: TLS handshake failed: %s", (unsigned long long)c->id, c->peer, c->detail);
+        conn_close(c, NU_ERR_TLS);
+        return;
+    }
+    if (c->ready(c, c->ready_arg) != NU_OK) {
+        conn_close(c, NU_ERR_NOMEM);
+        return;
+    }
+    conn_want_write(c);
+    /* The client's first request may have arrived with its Finished message. */
+    read_some(c);
+}
+
+static void start_handshake(struct conn *c, struct tls *t)
+{
+    if (!t) {
+        snprintf(c->detail, sizeof c->detail, "out of memory starting TLS");
+        if (c->tls_client)
+            c->h->on_connect(c, NU_ERR_NOMEM);
+        else
+            conn_close(c, NU_ERR_NOMEM);
+        return;
+    }
+    c->tls = t;
+    c->handshaking = 1;
+    handshake_step(c);
+}
+
+/* The first byte of a connection on an HTTPS listener tells TLS (a handshake
+ * record, 0x16) from cleartext; it is peeked, not consumed. */
+static void sniff(struct conn *c)
+{
+    uint8_t b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK);
+    if (n == 0) {
+        conn_close(c, NU_OK);
+        return;
+    }
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             conn_close(c, NU_ERR_IO);
         return;
     }
+    c->sniffing = 0;
+    if (b == 0x16 && c->sniff_tls) {
+        start_handshake(c, tls_new_server(c->sniff_tls, c->fd));
+        return;
+    }
+    ev_timer_stop(c->w->loop, &c->connect_timer);
+    if (c->ready(c, c->ready_arg) != NU_OK) {
+        conn_close(c, NU_ERR_NOMEM);
+        return;
+    }
+    read_some(c);
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct conn *c = nu_container_of(io, struct conn, rio);
+    if (c->sniffing)
+        sniff(c);
+    else if (c->handshaking)
+        handshake_step(c);
+    else
+        read_some(c);
 }
 
 static void on_writable(struct ev_loop *loop, ev_io *io, int revents)
@@ -194,12 +336,22 @@ static void on_writable(struct ev_loop *loop, ev_io *io, int revents)
         ev_timer_stop(loop, &c->connect_timer);
         ev_io_stop(loop, &c->wio);
         if (soerr) {
+            snprintf(c->detail, sizeof c->detail, "%s", strerror(soerr));
             c->h->on_connect(c, NU_ERR_IO);
+            return;
+        }
+        if (c->tls_client) {
+            ev_timer_again(loop, &c->connect_timer); /* the handshake gets its own connect timeout */
+            start_handshake(c, tls_new_client(c->tls_client, c->fd));
             return;
         }
         ev_io_start(loop, &c->rio);
         c->h->on_connect(c, NU_OK);
         conn_want_write(c);
+        return;
+    }
+    if (c->handshaking) {
+        handshake_step(c);
         return;
     }
     conn_flush(c);
@@ -220,7 +372,21 @@ void conn_flush(struct conn *c)
         size_t pending = buf_size(&c->wbuf);
         if (pending == 0)
             break;
-        ssize_t n = write(c->fd, c->wbuf.data + c->wbuf.off, pending);
+        ssize_t n;
+        if (c->tls) {
+            int want_write = 0;
+            n = tls_write(c->tls, c->wbuf.data + c->wbuf.off, pending, &want_write);
+            if (n == NU_ERR_AGAIN) {
+                ev_io_start(c->w->loop, &c->wio);
+                return;
+            }
+            if (n < 0) {
+                conn_close(c, NU_ERR_TLS);
+                return;
+            }
+        } else {
+            n = write(c->fd, c->wbuf.data + c->wbuf.off, pending);
+        }
         if (n > 0) {
             buf_consume(&c->wbuf, (size_t)n);
             continue;

@@ -12,6 +12,16 @@
 #include "worker.h"
 
 struct conn;
+struct tls;
+struct tls_server;
+struct tls_client;
+
+/* Attaches a codec once the transport is ready (after the first-byte sniff
+ * and, for TLS, the handshake). Returns 0 or an nu_err. */
+typedef int (*conn_ready_fn)(struct conn *c, void *arg);
+
+/* How long a downstream client may take from accept to a finished TLS handshake. */
+#define CONN_HANDSHAKE_TIMEOUT 10.0
 
 /* What a protocol codec plugs into a conn. */
 struct conn_handler {
@@ -42,15 +52,32 @@ struct conn {
     struct conn *pending_next;
     struct conn *all_prev, *all_next; /* the worker's list of live conns */
     struct worker_defer defer;
+    struct tls *tls;               /* NULL: cleartext */
+    struct tls_server *sniff_tls;  /* HTTPS listener: TLS when the first byte is a handshake record */
+    struct tls_client *tls_client; /* upstream: TLS after the TCP connect */
+    conn_ready_fn ready;
+    void *ready_arg;
     unsigned in_pending : 1;
     unsigned connecting : 1;
     unsigned closing : 1;
-    unsigned finishing : 1; /* close once wbuf is written */
-    char peer[64];          /* "ip:port" for logs */
+    unsigned finishing : 1;   /* close once wbuf is written */
+    unsigned sniffing : 1;    /* waiting for the first byte */
+    unsigned handshaking : 1; /* TLS handshake in progress */
+    unsigned secure : 1;      /* requests on it count as secure (listener securityModel) */
+    unsigned trust_xfp : 1;   /* a client's x-forwarded-proto is believed (l7Depth > 0) */
+    int local_port;
+    char peer[64];    /* "ip:port" for logs */
+    char detail[200]; /* why a connect or handshake failed, for replies and logs */
 };
 
 struct conn *conn_accepted(struct worker *w, int fd, const struct sockaddr *sa);
-struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double timeout_s, int *err);
+/* tc: TLS to the upstream after connecting (NULL: cleartext). */
+struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double timeout_s,
+                          struct tls_client *tc, int *err);
+/* Downstream: wait for the first byte; a TLS handshake record starts TLS with
+ * ts (NULL: cleartext only), anything else is cleartext. ready attaches the codec. */
+void conn_accept_with(struct conn *c, struct tls_server *ts, conn_ready_fn ready, void *arg);
+const char *conn_alpn(struct conn *c);
 void conn_set_handler(struct conn *c, const struct conn_handler *h, void *codec);
 void conn_start(struct conn *c);
 /* Ask for a flush at the next sweep. */

@@ -42,8 +42,9 @@ struct exchange_events {
     /* The codec's data provider handed n bytes of the message it sends to the wire. */
     void (*on_body_taken)(struct exchange *x, size_t n);
     /* The codec's stream is gone; it will not touch the exchange again.
-     * reason is NU_OK for a normal close, else an nu_err category. */
-    void (*on_close)(struct exchange *x, uint32_t h2_error, int reason);
+     * reason is NU_OK for a normal close, else an nu_err category; detail
+     * (borrowed, may be NULL) says what failed, e.g. a TLS verify error. */
+    void (*on_close)(struct exchange *x, uint32_t h2_error, int reason, const char *detail);
 };
 
 struct side {

@@ -20,6 +20,7 @@ struct h2c {
     unsigned connected : 1;
     unsigned unusable : 1; /* GOAWAY received, failed or closed: no new streams */
     char label[96];
+    char why[240]; /* what made the connection fail, for the streams' replies */
 };
 
 static const struct side_ops h2c_ops;
@@ -160,7 +161,7 @@ static void side_closed(struct h2c *h, struct exchange *x, uint32_t code, int re
     x->up.ops = NULL;
     x->up.codec = NULL;
     x->up.unconsumed = 0;
-    x->up_ev->on_close(x, code, reason);
+    x->up_ev->on_close(x, code, reason, h->why[0] ? h->why : NULL);
 }
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code, void *ud)
@@ -352,9 +353,21 @@ static void fail_all(struct h2c *h, int reason)
 static void h2c_on_connect(struct conn *c, int err)
 {
     struct h2c *h = c->codec;
+    if (err == NU_OK && c->tls) {
+        /* gRPC needs HTTP/2; over TLS that is only agreed through ALPN. */
+        const char *alpn = conn_alpn(c);
+        if (!alpn || strcmp(alpn, "h2") != 0) {
+            snprintf(c->detail, sizeof c->detail, "the upstream did not negotiate ALPN h2 (got %s)",
+                     alpn ? alpn : "no ALPN");
+            err = NU_ERR_TLS;
+        }
+    }
     if (err != NU_OK) {
-        nu_log(NU_LOG_WARN, "[c%llu] upstream %s: connect failed: %s", (unsigned long long)c->id, h->label,
-               err == NU_ERR_TIMEOUT ? "timeout" : "connection refused or unreachable");
+        if (err == NU_ERR_TLS)
+            snprintf(h->why, sizeof h->why, "TLS error: %s", c->detail);
+        else
+            snprintf(h->why, sizeof h->why, "%s", c->detail[0] ? c->detail : nu_strerror(err));
+        nu_log(NU_LOG_WARN, "[c%llu] upstream %s: connect failed: %s", (unsigned long long)c->id, h->label, h->why);
         mark_unusable(h);
         conn_close(c, err);
         return;
@@ -401,7 +414,7 @@ static const struct conn_handler h2c_handler = {
 };
 
 struct h2c *h2c_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double connect_timeout_s,
-                        const char *label, h2c_gone_fn gone, void *owner, int *err)
+                        struct tls_client *tc, const char *label, h2c_gone_fn gone, void *owner, int *err)
 {
     struct h2c *h = calloc(1, sizeof *h);
     if (!h) {
@@ -433,7 +446,7 @@ struct h2c *h2c_connect(struct worker *w, const struct sockaddr *sa, socklen_t s
         *err = NU_ERR_NOMEM;
         return NULL;
     }
-    struct conn *c = conn_connect(w, sa, salen, connect_timeout_s, err);
+    struct conn *c = conn_connect(w, sa, salen, connect_timeout_s, tc, err);
     if (!c) {
         nghttp2_session_del(h->ng);
         free(h);

@@ -11,8 +11,11 @@ struct h2c;
 /* Told once when the connection stops taking new streams (GOAWAY, error, close). */
 typedef void (*h2c_gone_fn)(void *owner, struct h2c *h);
 
+struct tls_client;
+
+/* tc: originate TLS (ALPN h2 required), NULL for cleartext h2c. */
 struct h2c *h2c_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double connect_timeout_s,
-                        const char *label, h2c_gone_fn gone, void *owner, int *err);
+                        struct tls_client *tc, const char *label, h2c_gone_fn gone, void *owner, int *err);
 /* Sends the exchange's request on this connection (queued until connected). */
 int h2c_submit(struct h2c *h, struct exchange *x);
 /* Can this connection take another stream now? */

@@ -146,7 +146,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     x->down.unconsumed = 0;
     x->down.ops = NULL;
     x->down.codec = NULL;
-    x->down_ev->on_close(x, error_code, NU_OK);
+    x->down_ev->on_close(x, error_code, NU_OK, NULL);
     return 0;
 }
 
@@ -304,7 +304,7 @@ static void h2s_on_close(struct conn *c, int err)
         sd->ops = NULL;
         sd->codec = NULL;
         sd->unconsumed = 0;
-        x->down_ev->on_close(x, NGHTTP2_CANCEL, err == NU_OK ? NU_ERR_CLOSED : err);
+        x->down_ev->on_close(x, NGHTTP2_CANCEL, err == NU_OK ? NU_ERR_CLOSED : err, NULL);
     }
 }
 

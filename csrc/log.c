@@ -70,6 +70,10 @@ const char *nu_strerror(int err)
         return "closed";
     case NU_ERR_LIMIT:
         return "limit exceeded";
+    case NU_ERR_AGAIN:
+        return "would block";
+    case NU_ERR_TLS:
+        return "TLS error";
     }
     return "unknown error";
 }

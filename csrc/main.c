@@ -3,6 +3,7 @@
 #include "log.h"
 #include "lua_bridge.h"
 #include "nuncio.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <ev.h>
@@ -104,6 +105,14 @@ int main(int argc, char **argv)
     struct nu_config cfg;
     if (lua_bridge_load_config(L, &o, &cfg, validate_only) != NU_OK) {
         fprintf(stderr, "nuncio: the configuration is invalid (errors above)\n");
+        lua_bridge_close(L);
+        return 1;
+    }
+    char tls_err[512];
+    if (tls_config_check(&cfg, tls_err, sizeof tls_err) != NU_OK) {
+        nu_log(NU_LOG_ERROR, "config error: %s", tls_err);
+        fprintf(stderr, "nuncio: the configuration is invalid (errors above)\n");
+        config_free(&cfg);
         lua_bridge_close(L);
         return 1;
     }

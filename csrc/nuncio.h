@@ -18,6 +18,8 @@ enum nu_err {
     NU_ERR_LUA = -6,     /* a filter raised an error */
     NU_ERR_CLOSED = -7,  /* the object is already closing */
     NU_ERR_LIMIT = -8,   /* a configured limit was hit */
+    NU_ERR_AGAIN = -9,   /* would block: retry when the socket is ready */
+    NU_ERR_TLS = -10,    /* TLS handshake or record failure */
 };
 
 const char *nu_strerror(int err);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static const struct exchange_events down_events;
 static const struct exchange_events up_events;
@@ -235,7 +236,14 @@ struct exchange *stream_open(void *worker, struct conn *c)
     st->w = w;
     st->id = ++w->next_stream_id;
     st->conn_id = c->id;
+    st->local_port = c->local_port;
     snprintf(st->peer, sizeof st->peer, "%s", c->peer);
+    if (c->secure)
+        st->flags |= ST_F_SECURE;
+    if (c->tls)
+        st->flags |= ST_F_TLS;
+    if (c->trust_xfp)
+        st->flags |= ST_F_TRUST_XFP;
     st->cluster = -1;
     st->lua_phase = -1;
     st->x.down.id = st->x.up.id = -1;
@@ -283,7 +291,18 @@ static int add_forwarding_headers(struct stream *st)
     } else {
         rc = hdr_add(h, HDR_LIT("x-forwarded-for"), addr, alen);
     }
-    const char *proto = (st->flags & ST_F_SECURE) ? "https" : "http";
+    size_t pl;
+    const char *given = hdr_get(h, HDR_LIT("x-forwarded-proto"), &pl);
+    if ((st->flags & ST_F_TRUST_XFP) && given) {
+        /* A trusted proxy in front terminated TLS: its word decides. */
+        if (pl == 5 && strncasecmp(given, "https", 5) == 0)
+            st->flags |= ST_F_SECURE;
+        else
+            st->flags &= ~ST_F_SECURE;
+        return rc;
+    }
+    /* Envoy with no trusted hops overwrites x-forwarded-proto with what it saw. */
+    const char *proto = (st->flags & ST_F_TLS) ? "https" : "http";
     rc |= hdr_set(h, HDR_LIT("x-forwarded-proto"), proto, strlen(proto));
     return rc;
 }
@@ -360,7 +379,7 @@ static void d_on_body_taken(struct exchange *x, size_t n)
         x->up.ops->consume(x, n);
 }
 
-static void d_on_close(struct exchange *x, uint32_t h2_error, int reason)
+static void d_on_close(struct exchange *x, uint32_t h2_error, int reason, const char *detail)
 {
     struct stream *st = st_of(x);
     st->flags |= ST_F_DOWN_CLOSED;
@@ -439,21 +458,31 @@ static void u_on_body_taken(struct exchange *x, size_t n)
         x->down.ops->consume(x, n);
 }
 
-static const char *reset_reason(int reason)
+/* Envoy's wording, with its "transport failure reason" when we know one. */
+static const char *reset_reason(int reason, const char *detail, char *buf, size_t len)
 {
+    const char *what;
     switch (reason) {
     case NU_ERR_TIMEOUT:
-        return "upstream connect error or disconnect/reset before headers. reset reason: connection timeout";
+        what = "connection timeout";
+        break;
     case NU_ERR_IO:
-        return "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+    case NU_ERR_TLS:
+        what = "connection failure";
+        break;
     case NU_ERR_CLOSED:
-        return "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+        what = "connection termination";
+        break;
     default:
-        return "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
+        what = "remote reset";
+        break;
     }
+    snprintf(buf, len, "upstream connect error or disconnect/reset before headers. reset reason: %s%s%s", what,
+             detail ? ", transport failure reason: " : "", detail ? detail : "");
+    return buf;
 }
 
-static void u_on_close(struct exchange *x, uint32_t h2_error, int reason)
+static void u_on_close(struct exchange *x, uint32_t h2_error, int reason, const char *detail)
 {
     struct stream *st = st_of(x);
     if (x->resp.end || (st->flags & ST_F_REPLIED) || !x->down.ops) {
@@ -464,7 +493,8 @@ static void u_on_close(struct exchange *x, uint32_t h2_error, int reason)
     nu_log(NU_LOG_INFO, "[c%llu s%llu] upstream stream closed early (%s, %s)", (unsigned long long)st->conn_id,
            (unsigned long long)st->id, nghttp2_http2_strerror(h2_error), nu_strerror(reason));
     if (!(st->flags & ST_F_RESP_STARTED)) {
-        local_reply(st, 503, -1, reset_reason(reason), "upstream_reset_before_response_started");
+        char why[400];
+        local_reply(st, 503, -1, reset_reason(reason, detail, why, sizeof why), "upstream_reset_before_response_started");
     } else if (st->flags & ST_F_GRPC) {
         end_grpc_call(st, GRPC_UNAVAILABLE,
                       reason == NU_ERR_CLOSED ? "upstream connection terminated" : "upstream stream reset");

@@ -30,7 +30,9 @@ enum stream_flags {
     ST_F_TEST = 1 << 6,          /* made by nu_ffi_test_stream_new: no codecs */
     ST_F_TIMER = 1 << 7,         /* route timeout armed */
     ST_F_FREE_QUEUED = 1 << 8,   /* handed to the worker sweep */
-    ST_F_SECURE = 1 << 9,        /* downstream is TLS */
+    ST_F_SECURE = 1 << 9,        /* requests count as secure (TLS, or the listener says so) */
+    ST_F_TRUST_XFP = 1 << 10,    /* a client's x-forwarded-proto decides (l7Depth > 0) */
+    ST_F_TLS = 1 << 11,          /* the downstream connection is TLS */
 };
 
 struct stream {

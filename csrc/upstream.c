@@ -3,6 +3,7 @@
 #include "h2c.h"
 #include "log.h"
 #include "nuncio.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <netdb.h>
@@ -17,9 +18,10 @@ static void on_conn_gone(void *owner, struct h2c *h)
         c->current = NULL;
 }
 
-struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *cfg)
+struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *cfg, char *err, size_t errlen)
 {
     struct upstream_set *u = calloc(1, sizeof *u);
+    snprintf(err, errlen, "out of memory creating upstream clusters");
     if (!u)
         return NULL;
     u->w = w;
@@ -42,6 +44,10 @@ struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *
         u->v[i].port = cc->port;
         u->v[i].http2 = cc->http2;
         u->v[i].connect_timeout_ms = cc->connect_timeout_ms;
+        if (cc->tls && !(u->v[i].tls = tls_client_new(cc->tls, cc->http2, err, errlen))) {
+            upstream_set_free(u);
+            return NULL;
+        }
     }
     return u;
 }
@@ -55,6 +61,7 @@ void upstream_set_free(struct upstream_set *u)
             h2c_detach_owner(u->v[i].current);
         free(u->v[i].name);
         free(u->v[i].host);
+        tls_client_free(u->v[i].tls);
     }
     free(u->v);
     free(u);
@@ -75,9 +82,9 @@ static struct h2c *dial(struct upstream_set *u, struct upstream_cluster *c, cons
         return NULL;
     }
     char label[96];
-    snprintf(label, sizeof label, "%s (%s:%d)", c->name, c->host, c->port);
+    snprintf(label, sizeof label, "%s (%s%s:%d)", c->name, c->tls ? "https://" : "", c->host, c->port);
     int err;
-    struct h2c *h = h2c_connect(u->w, res->ai_addr, res->ai_addrlen, c->connect_timeout_ms / 1000.0, label,
+    struct h2c *h = h2c_connect(u->w, res->ai_addr, res->ai_addrlen, c->connect_timeout_ms / 1000.0, c->tls, label,
                                 on_conn_gone, c, &err);
     freeaddrinfo(res);
     if (!h) {

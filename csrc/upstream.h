@@ -17,6 +17,7 @@ struct upstream_cluster {
     int http2;
     int connect_timeout_ms;
     struct h2c *current; /* the pooled connection new streams go to */
+    struct tls_client *tls; /* originate TLS (NULL: cleartext) */
     uint64_t connects;   /* connections opened, for /stats */
 };
 
@@ -26,7 +27,8 @@ struct upstream_set {
     size_t n;
 };
 
-struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *cfg);
+/* NULL on failure, with the reason in err (e.g. a bad client certificate). */
+struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *cfg, char *err, size_t errlen);
 void upstream_set_free(struct upstream_set *u);
 /* Binds the exchange's upstream side to a stream on a pooled connection of
  * the cluster (dialing one if needed). On failure *why says what to tell the client. */

@@ -5,7 +5,10 @@
 #include "h2s.h"
 #include "listener.h"
 #include "stream.h"
+#include "tls.h"
 #include "upstream.h"
+
+#include <stdlib.h>
 #include "log.h"
 #include "nuncio.h"
 
@@ -87,32 +90,72 @@ void worker_destroy(struct worker *w)
     ev_prepare_stop(w->loop, &w->sweep);
 }
 
-/* Downstream connections on data listeners speak HTTP/2 (h2c prior knowledge). */
-static int attach_h2(struct conn *c, void *arg)
+/* What a data listener hands each of its connections. */
+struct front {
+    struct front *next;
+    struct worker *w;
+    struct tls_server *tls; /* NULL: cleartext only */
+    int security_model;
+    int l7_depth;
+};
+
+/* The transport is ready (cleartext, or TLS after the handshake): decide
+ * whether its requests count as secure, then speak HTTP/2 on it. ALPN
+ * http/1.1 or none also lands here: a client sending the h2 preface works,
+ * an HTTP/1.1 one is told 505 until HTTP/1.1 support lands. */
+static int ready_h2(struct conn *c, void *arg)
 {
-    return h2s_attach(c, stream_open, arg, 1000);
+    struct front *f = arg;
+    c->secure = f->security_model == NU_SECURITY_SECURE || (f->security_model == NU_SECURITY_XFP && c->tls);
+    c->trust_xfp = f->security_model == NU_SECURITY_XFP && f->l7_depth > 0;
+    if (c->tls && nu_log_enabled(NU_LOG_DEBUG)) {
+        const char *alpn = conn_alpn(c);
+        nu_log(NU_LOG_DEBUG, "[c%llu] TLS from %s, ALPN %s", (unsigned long long)c->id, c->peer, alpn ? alpn : "none");
+    }
+    return h2s_attach(c, stream_open, f->w, 1000);
+}
+
+static int attach_front(struct conn *c, void *arg)
+{
+    struct front *f = arg;
+    conn_accept_with(c, f->tls, ready_h2, f);
+    return NU_OK;
 }
 
 int worker_start(struct worker *w)
 {
     const struct nu_config *cfg = w->cfg;
-    w->ups = upstream_set_new(w, cfg);
+    char err[512];
+    w->ups = upstream_set_new(w, cfg, err, sizeof err);
     if (!w->ups) {
-        nu_log(NU_LOG_ERROR, "out of memory creating upstream clusters");
-        return NU_ERR_NOMEM;
+        nu_log(NU_LOG_ERROR, "config error: %s", err);
+        return NU_ERR_CONFIG;
     }
-    int err;
+    int rc;
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const struct nu_listener_cfg *lc = &cfg->listeners[i];
-        struct listener *l = listener_open(w, lc->name, lc->address, lc->port, attach_h2, w, &err);
+        struct front *f = calloc(1, sizeof *f);
+        if (!f)
+            return NU_ERR_NOMEM;
+        f->w = w;
+        f->security_model = lc->security_model;
+        f->l7_depth = lc->l7_depth;
+        f->next = w->fronts;
+        w->fronts = f;
+        if (lc->tls && !(f->tls = tls_server_new(cfg->tls_contexts, cfg->n_tls_contexts, err, sizeof err))) {
+            nu_log(NU_LOG_ERROR, "config error: listener %s: %s", lc->name, err);
+            return NU_ERR_CONFIG;
+        }
+        struct listener *l = listener_open(w, lc->name, lc->address, lc->port, attach_front, f, &rc);
         if (!l)
-            return err;
-        nu_log(NU_LOG_INFO, "listener %s on %s:%d (HTTP/2 cleartext)", lc->name, lc->address, l->port);
+            return rc;
+        nu_log(NU_LOG_INFO, "listener %s on %s:%d (%s)", lc->name, lc->address, l->port,
+               lc->tls ? "HTTPS: TLS with ALPN, and cleartext HTTP/2" : "HTTP/2 cleartext");
     }
     if (cfg->admin_enabled) {
-        struct listener *l = listener_open(w, "admin", cfg->admin_address, cfg->admin_port, admin_attach, w, &err);
+        struct listener *l = listener_open(w, "admin", cfg->admin_address, cfg->admin_port, admin_attach, w, &rc);
         if (!l)
-            return err;
+            return rc;
         nu_log(NU_LOG_INFO, "admin on %s:%d (/ready, /ambassador/v0/check_ready, /ambassador/v0/check_alive, /stats)",
                cfg->admin_address, l->port);
     }
@@ -131,6 +174,13 @@ void worker_stop(struct worker *w)
     for (struct conn *c = w->conns; c; c = c->all_next)
         conn_close(c, NU_ERR_CLOSED);
     worker_sweep(w);
+    /* Connections are freed by now: the TLS configurations they used can go. */
     upstream_set_free(w->ups);
     w->ups = NULL;
+    while (w->fronts) {
+        struct front *f = w->fronts;
+        w->fronts = f->next;
+        tls_server_free(f->tls);
+        free(f);
+    }
 }

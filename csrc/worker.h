@@ -12,6 +12,7 @@ struct lua_State;
 struct upstream_set;
 struct listener;
 struct nu_config;
+struct front;
 
 /* Objects freed from the loop's prepare sweep, never inside a library callback. */
 struct worker_defer {
@@ -28,6 +29,7 @@ struct worker {
     struct lua_State *L;
     struct upstream_set *ups;
     struct listener *listeners;
+    struct front *fronts; /* per data listener: TLS and security settings */
     const struct nu_config *cfg;
     uint64_t next_conn_id;
     uint64_t next_stream_id;
