@@ -484,6 +484,14 @@ int tls_handshake(struct tls *t, int *want_write, char *detail, size_t dlen)
             if (info[i] == '\n')
                 info[i] = i == n - 1 ? '\0' : ';';
         snprintf(detail, dlen, "certificate verify failed: %s", n > 0 ? info : "unknown reason");
+    } else if (rc == MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE) {
+        snprintf(detail, dlen, "the peer sent a fatal TLS alert during the handshake (wrong or missing client "
+                               "certificate, or no common protocol version or cipher)");
+    } else if (rc == MBEDTLS_ERR_NET_SEND_FAILED || rc == MBEDTLS_ERR_NET_RECV_FAILED ||
+               rc == MBEDTLS_ERR_SSL_CONN_EOF) {
+        /* An OpenSSL peer that rejects us often just drops the connection. */
+        snprintf(detail, dlen, "the peer closed the connection during the TLS handshake (does it require a client "
+                               "certificate, or refuse our TLS version or ciphers?)");
     } else {
         tls_describe_error(rc, detail, dlen);
     }
