@@ -10,27 +10,31 @@
 --       recursively, every *.yaml / *.yml, in sorted order
 --   amb.load_text(text, filename, opts)  -> resources | nil, errs, warns
 --   amb.build_model(resources, opts)     -> model_part | nil, errs, warns
---       model_part = { listeners, hosts, clusters, routes, module }
---       (docs/internals.md §2)
+--       model_part = { listeners, hosts, clusters, routes, module, tls_contexts }
+--       (docs/internals.md §2 and §6)
 --   amb.hostglob_matches(glob_a, glob_b) -> boolean
 --
 -- opts (all optional):
 --   ambassador_id  this instance's id; default $AMBASSADOR_ID, else "default"
 --   namespace      Ambassador's own namespace; default $AMBASSADOR_NAMESPACE, else "default"
+--   secrets_dir    folder of secrets no Secret in the YAML defines (NAME/tls.crt + tls.key,
+--                  or NAME.crt + NAME.key); default none
 --
 -- Input forms (behaviour notes §0): getambassador.io/v3alpha1, v2, v1 CRDs
 -- (metadata + spec), flat ambassador/v0, ambassador/v1 and annotation-style
 -- documents (name and fields at top level), multi-document streams, files whose
 -- top level is a list, Kubernetes "kind: List" with items, and the
--- getambassador.io/config annotation of a Kubernetes Service. Other Kubernetes
--- objects are skipped without a word. Nothing is half-loaded: any error and the
--- caller gets nil.
+-- getambassador.io/config annotation of a Kubernetes Service, and Kubernetes
+-- Secrets of type kubernetes.io/tls (certificates for Hosts and TLSContexts).
+-- Other Kubernetes objects are skipped without a word. Nothing is half-loaded:
+-- any error and the caller gets nil.
 
 local yaml = require("nuncio.yaml")
 local fs = require("nuncio.ambassador.fs")
 local check = require("nuncio.ambassador.check")
 local mapping = require("nuncio.ambassador.mapping")
 local kinds = require("nuncio.ambassador.kinds")
+local tls = require("nuncio.ambassador.tls")
 
 local type = type
 local ipairs = ipairs
@@ -165,6 +169,37 @@ local function add_resource(st, doc, src, api)
   st.resources[#st.resources + 1] = res
 end
 
+-- a Kubernetes Secret: kept (as a resource of kind "Secret") when it holds a
+-- TLS certificate; it is not an Ambassador resource, so no ambassador_id applies
+local function add_secret(st, doc, src)
+  local res = { kind = "Secret", file = src.file, line = src.fallback_line, line_map = src.line_map, note = src.note }
+  res.line = check.line_of(res, doc)
+  res.source = res.file .. ":" .. res.line
+  local c = check.fields(st.rep, res, doc)
+  if c:raw("type") ~= "kubernetes.io/tls" then
+    return -- Opaque, service-account tokens...: not ours
+  end
+  local mc = c:sub("metadata")
+  res.name = mc:string("name")
+  res.namespace = mc:string("namespace") or src.namespace
+  if c.failed or mc.failed then
+    return
+  end
+  if res.name == nil or res.name == "" then
+    st.rep:error(res, "metadata.name", "required")
+    return
+  end
+  if res.namespace == "" then
+    res.namespace = nil
+  end
+  res.namespace = res.namespace or st.namespace
+  local secret = tls.read_secret(st.rep, res, doc)
+  if secret then
+    res.secret = secret
+    st.resources[#st.resources + 1] = res
+  end
+end
+
 -- resources inside a Service's getambassador.io/config annotation (§0)
 local function add_annotation(st, doc, src, depth)
   local meta = value(doc.metadata)
@@ -246,6 +281,8 @@ add_doc = function(st, doc, src, depth)
   end
   if api:match("^getambassador%.io/") or api:match("^ambassador/") then
     add_resource(st, doc, src, api)
+  elseif kind == "Secret" and api == "v1" then
+    add_secret(st, doc, src)
   elseif kind == "Service" then
     add_annotation(st, doc, src, depth)
   end
@@ -366,19 +403,21 @@ local function sanitize(s)
   return (s:gsub("[^%w]", "_"))
 end
 
--- One cluster per (host, port, http2, tls). Names are host_port (+ _tls) and
--- stay the same whatever order the Mappings come in; an HTTP/1 twin of an
--- HTTP/2 cluster gets _http1, and leftover clashes a numeric suffix.
+-- One cluster per (host, port, http2, TLS context). Names are host_port
+-- (+ _tls) and stay the same whatever order the Mappings come in; TLS twins
+-- with other contexts get _<context>, an HTTP/1 twin of an HTTP/2 cluster
+-- _http1, and leftover clashes a numeric suffix.
 local function build_clusters(rep, recs)
   local clusters, by_key = {}, {}
   for _, rec in ipairs(recs) do
     local s = rec.service
-    local key = string_format("%s\0%d\0%s\0%s", s.host, s.port, tostring(rec.grpc), tostring(s.tls))
+    local ctx = s.tls and s.tls.context or "-"
+    local key = string_format("%s\0%d\0%s\0%s", s.host, s.port, tostring(rec.grpc), ctx)
     local idx = by_key[key]
     if not idx then
       clusters[#clusters + 1] = {
         host = s.host, port = s.port, http2 = rec.grpc, tls = s.tls,
-        connect_timeout_ms = rec.connect_timeout_ms, first = rec,
+        connect_timeout_ms = rec.connect_timeout_ms, first = rec, ctx = ctx,
       }
       idx = #clusters
       by_key[key] = idx
@@ -395,11 +434,21 @@ local function build_clusters(rep, recs)
   local bases, taken = {}, {}
   for _, cl in ipairs(clusters) do
     cl.base = sanitize(cl.host) .. "_" .. cl.port .. (cl.tls and "_tls" or "")
-    bases[cl.base] = (bases[cl.base] or 0) + 1
+    local b = bases[cl.base] or { contexts = {}, n_contexts = 0, http2 = {} }
+    bases[cl.base] = b
+    if not b.contexts[cl.ctx] then
+      b.contexts[cl.ctx] = true
+      b.n_contexts = b.n_contexts + 1
+    end
+    b.http2[cl.http2] = true
   end
   for _, cl in ipairs(clusters) do
     local name = cl.base
-    if bases[cl.base] > 1 and not cl.http2 then
+    local b = bases[cl.base]
+    if b.n_contexts > 1 then
+      name = name .. "_" .. sanitize(cl.ctx)
+    end
+    if b.http2[true] and b.http2[false] and not cl.http2 then
       name = name .. "_http1"
     end
     local n, candidate = 1, name
@@ -409,7 +458,7 @@ local function build_clusters(rep, recs)
     end
     taken[candidate] = true
     cl.name = candidate
-    cl.base, cl.first = nil, nil
+    cl.base, cl.first, cl.ctx = nil, nil, nil
   end
   return clusters
 end
@@ -478,6 +527,28 @@ local function warn_canaries(rep, recs)
   end
 end
 
+-- Redirect (a Host's default) answers cleartext requests with a 301 to
+-- https://. Say so when no listener here can ever see a secure request: no
+-- TLS, and no SECURE or trusted-XFP (l7Depth > 0) listener behind a balancer.
+local function warn_redirects(rep, hosts, host_res, listeners, with_tls)
+  if with_tls then
+    return
+  end
+  for _, l in ipairs(listeners) do
+    if l.security_model == "SECURE" or (l.security_model == "XFP" and l.l7_depth > 0) then
+      return
+    end
+  end
+  for i, h in ipairs(hosts) do
+    local res = host_res[i]
+    if res and h.insecure_action == "Redirect" then
+      rep:warning(res, "requestPolicy.insecure.action", "Redirect (the default) answers every request with a "
+        .. "301 to https://, but nothing here terminates TLS; set action: Route to serve cleartext",
+        check.value(res.spec.requestPolicy) ~= nil and res.spec or nil, "requestPolicy")
+    end
+  end
+end
+
 -- Messages are produced kind by kind; readers want them in file order.
 local function by_position(list)
   local keyed = {}
@@ -506,8 +577,11 @@ function M.build_model(resources, opts)
   local amb_ns = opts.namespace or env_or("AMBASSADOR_NAMESPACE", "default")
 
   local by_kind = { Mapping = {}, Host = {}, Listener = {}, Module = {}, TLSContext = {} }
+  local secrets = {}
   for _, res in ipairs(resources or {}) do
-    if ours(rep, res, my_id) then
+    if res.kind == "Secret" then
+      secrets[#secrets + 1] = res.secret -- Kubernetes objects carry no ambassador_id
+    elseif ours(rep, res, my_id) then
       if HANDLED_KINDS[res.kind] then
         local list = by_kind[res.kind]
         list[#list + 1] = res
@@ -522,11 +596,12 @@ function M.build_model(resources, opts)
   local seen = {}
   local module, settings = kinds.module(rep, by_kind.Module)
 
-  local listeners, ports = {}, {}
+  local listeners, ports, listener_res = {}, {}, {}
   for _, res in ipairs(by_kind.Listener) do
     if unique(rep, seen, res) then
       local l = kinds.listener(rep, res)
       if l then
+        listener_res[l] = res
         local key = l.address .. "\0" .. l.port
         if ports[key] then
           rep:error(res, "port", string_format("%d is already used by Listener %s (%s)", l.port,
@@ -538,24 +613,74 @@ function M.build_model(resources, opts)
       end
     end
   end
-  if #by_kind.Listener == 0 then
-    listeners[1] = kinds.default_listener()
-    rep:raw_warning(kinds.NO_LISTENER_WARNING)
-  end
 
-  local hosts = {}
+  -- certificates: Secrets (YAML, then secrets_dir), TLSContexts, then Hosts
+  local store = tls.store(rep, secrets, opts.secrets_dir)
+  local contexts, broken = {}, {}
+  for _, res in ipairs(by_kind.TLSContext) do
+    if unique(rep, seen, res) then
+      local ctx = tls.context(rep, res, store)
+      if ctx then
+        contexts[#contexts + 1] = ctx
+      else
+        broken[res.name] = true -- its errors are reported; users of it stay quiet
+      end
+    end
+  end
+  local builder = tls.builder(rep, store, contexts, broken)
+
+  local hosts, host_res, cleartext_ports = {}, {}, {}
   for _, res in ipairs(by_kind.Host) do
     if unique(rep, seen, res) then
-      hosts[#hosts + 1] = kinds.host(rep, res)
+      local h, extra = kinds.host(rep, res)
+      if h then
+        hosts[#hosts + 1] = h
+        host_res[#hosts] = res
+        builder:host(res, h, extra)
+        local p = extra.additional_port
+        if p and #by_kind.Listener > 0 then
+          rep:warning(res, "requestPolicy.insecure.additionalPort", "ignored: the Listener resources decide "
+            .. "which ports nuncio listens on", extra.additional_port_tbl, "additionalPort")
+        elseif p ~= -1 then
+          cleartext_ports[#cleartext_ports + 1] = p or kinds.DEFAULT_HTTP_PORT
+        end
+      end
     end
   end
   if #by_kind.Host == 0 then
     hosts[1] = kinds.default_host(amb_ns)
+    cleartext_ports[1] = kinds.DEFAULT_HTTP_PORT
+    if builder:fallback_host(hosts[1], amb_ns) then
+      hosts[1].insecure_action = "Redirect" -- §2.5: TLS with the fallback certificate
+    end
   end
+  local tls_contexts = builder:finish(#by_kind.Host == 0)
 
-  for _, res in ipairs(by_kind.TLSContext) do
-    kinds.tls_context(rep, res)
+  if #by_kind.Listener == 0 then
+    if #cleartext_ports == 0 and #tls_contexts == 0 then
+      -- every Host said additionalPort: -1, but without TLS nothing else would listen
+      cleartext_ports[1] = kinds.DEFAULT_HTTP_PORT
+      rep:raw_warning("every Host sets requestPolicy.insecure.additionalPort: -1 and nothing terminates TLS: "
+        .. "nuncio listens on 8080 in cleartext anyway")
+    end
+    local defaults, warning = kinds.default_listeners(cleartext_ports, #tls_contexts > 0)
+    for i, l in ipairs(defaults) do
+      listeners[i] = l
+    end
+    rep:raw_warning(warning)
+  elseif #tls_contexts == 0 then
+    for _, l in ipairs(listeners) do
+      if l.tls then
+        -- Emissary serves cleartext there too; mbedTLS would have no certificate
+        l.tls = false
+        local res = listener_res[l]
+        local field = check.value(res.spec.protocolStack) ~= nil and "protocolStack" or "protocol"
+        rep:warning(res, field, "nothing terminates TLS (no Host tlsSecret, no TLSContext with hosts): "
+          .. "this HTTPS Listener serves cleartext only", res.spec, field)
+      end
+    end
   end
+  warn_redirects(rep, hosts, host_res, listeners, #tls_contexts > 0)
 
   local ctx = {
     default_timeout_ms = settings.default_timeout_ms,
@@ -567,6 +692,10 @@ function M.build_model(resources, opts)
     if unique(rep, seen, res) then
       local rec = mapping.build(rep, res, ctx)
       if rec then
+        rec.service.tls = false
+        if rec.tls_ref then
+          rec.service.tls = builder:origination(res, rec.tls_ref) or false
+        end
         rec.index = #recs + 1
         recs[#recs + 1] = rec
       end
@@ -592,6 +721,7 @@ function M.build_model(resources, opts)
     clusters = clusters,
     routes = routes,
     module = module,
+    tls_contexts = tls_contexts,
   }, rep.errs, by_position(rep.warns)
 end
 

@@ -8,7 +8,8 @@
 -- command line: relative to the working directory) come after the ones the
 -- native config lists (relative to the config file's folder). errs/warns are
 -- arrays of "file:line: ..." strings, always present. Optional extra keys
--- ambassador_id and namespace are handed to nuncio.ambassador.
+-- ambassador_id and namespace are handed to nuncio.ambassador; secrets_dir
+-- (relative to the working directory) replaces the native config's.
 
 local yaml = require("nuncio.yaml")
 local fs = require("nuncio.ambassador.fs")
@@ -34,7 +35,7 @@ M.DEFAULTS = {
 }
 
 local LOG_LEVELS = check.set { "debug", "info", "warn", "error" }
-local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador" }
+local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador", "secrets_dir" }
 
 local value = check.value
 
@@ -173,7 +174,25 @@ local function read_chain(r, model)
   end
 end
 
--- reads the native config file into model; returns the Ambassador paths it lists
+-- secrets_dir: a folder of certificates for secret names no Secret defines
+local function read_secrets_dir(r, dir)
+  local v = r.get("secrets_dir")
+  if v == nil then
+    return nil
+  end
+  if type(v) ~= "string" or v == "" then
+    r.fail("secrets_dir", "must be a folder path, not " .. check.describe(v))
+    return nil
+  end
+  local path = fs.join(dir, v)
+  if not fs.is_dir(path) then
+    r.warn("secrets_dir", path .. " is not a folder: no secret can come from it")
+  end
+  return path
+end
+
+-- reads the native config file into model; returns the Ambassador paths it
+-- lists and the secrets folder
 local function read_native(path, model, errs, warns)
   local text, err = fs.read(path)
   if not text then
@@ -234,8 +253,10 @@ local function read_native(path, model, errs, warns)
     amb[#amb + 1] = fs.join(dir, p)
   end
 
+  local secrets_dir = read_secrets_dir(r, dir)
+
   r.unknown(KEYS)
-  return amb
+  return amb, secrets_dir
 end
 
 function M.defaults()
@@ -250,6 +271,7 @@ function M.defaults()
     clusters = {},
     routes = {},
     module = {},
+    tls_contexts = {},
   }
 end
 
@@ -258,9 +280,12 @@ function M.load(args)
   local errs, warns = {}, {}
   local model = M.defaults()
 
-  local paths = {}
+  local paths, secrets_dir = {}, nil
   if args.config ~= nil then
-    paths = read_native(args.config, model, errs, warns)
+    paths, secrets_dir = read_native(args.config, model, errs, warns)
+  end
+  if args.secrets_dir ~= nil then
+    secrets_dir = args.secrets_dir
   end
   local extra = args.ambassador
   if type(extra) == "string" then
@@ -270,7 +295,7 @@ function M.load(args)
     paths[#paths + 1] = p
   end
 
-  local opts = { ambassador_id = args.ambassador_id, namespace = args.namespace }
+  local opts = { ambassador_id = args.ambassador_id, namespace = args.namespace, secrets_dir = secrets_dir }
   local part, aerrs, awarns
   if #paths > 0 then
     part, aerrs, awarns = ambassador.load(paths, opts)
@@ -292,6 +317,7 @@ function M.load(args)
   model.clusters = part.clusters
   model.routes = part.routes
   model.module = part.module
+  model.tls_contexts = part.tls_contexts
   return model, errs, warns
 end
 

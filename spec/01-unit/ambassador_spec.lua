@@ -82,7 +82,7 @@ describe("nuncio.ambassador", function()
       local file = "examples/grpc-greeter/ambassador.yaml"
       assert.same({
         listeners = { { name = "example-listener", namespace = "default", address = "0.0.0.0", port = 8080,
-          protocol = "HTTP", security_model = "XFP", l7_depth = 0, source = file .. ":31" } },
+          protocol = "HTTP", tls = false, security_model = "XFP", l7_depth = 0, source = file .. ":31" } },
         hosts = { { name = "example-host", namespace = "default", hostname = "*", insecure_action = "Route",
           source = file .. ":20" } },
         clusters = { { name = "127_0_0_1_50051", host = "127.0.0.1", port = 50051, http2 = true, tls = false,
@@ -95,6 +95,7 @@ describe("nuncio.ambassador", function()
           grpc = true, cluster = 1, timeout_ms = 3000, hosts = { 1 },
         } },
         module = {},
+        tls_contexts = {},
       }, model)
     end)
   end)
@@ -475,7 +476,7 @@ describe("nuncio.ambassador", function()
       assert.equal("cart", svc("cart", "amb", { ambassador_namespace = "amb" }).host)
     end)
 
-    it("shares one cluster per (host, port, grpc, tls) with stable names", function()
+    it("shares one cluster per (host, port, grpc, TLS context) with stable names", function()
       local function m(name, prefix, service, grpc)
         return doc("Mapping", name, { 'hostname: "*"', "prefix: " .. prefix, "service: " .. service,
           "grpc: " .. tostring(grpc) })
@@ -494,7 +495,8 @@ describe("nuncio.ambassador", function()
         by_name[r.name] = model.clusters[r.cluster].name
       end
       assert.same({ a = "up_9000", b = "up_9000", c = "up_9000_http1", d = "up_9000_tls", e = "up_1_x_80" }, by_name)
-      assert.is_true(model.clusters[3].tls)
+      assert.equal("https", model.clusters[3].tls.context)
+      assert.is_false(model.clusters[1].tls)
       assert.is_false(model.clusters[2].http2)
     end)
   end)
@@ -543,7 +545,10 @@ describe("nuncio.ambassador", function()
         .. doc("Host", "h2", { "requestPolicy: {insecure: {action: Reject}}" })
         .. doc("Host", "h3", { "hostname: ''", "requestPolicy:", "  insecure:", "    action: Route" }) .. LISTENER)
       assert.same({}, errs)
-      assert.same({}, warns)
+      -- nothing terminates TLS and the listener trusts no XFP: the redirect goes nowhere
+      assert.same({ "t.yaml:2: Host h1: requestPolicy.insecure.action: Redirect (the default) answers every "
+        .. "request with a 301 to https://, but nothing here terminates TLS; set action: Route to serve cleartext" },
+        warns)
       assert.same({ name = "h1", namespace = "default", hostname = "api.example.com", insecure_action = "Redirect",
         source = "t.yaml:2" }, model.hosts[1])
       assert.equal("*", model.hosts[2].hostname)
@@ -564,13 +569,21 @@ describe("nuncio.ambassador", function()
         "Host"))
     end)
 
-    it("accepts TLS settings with a warning that TLS comes later", function()
-      local warns = warnings_of(doc("Host", "h", { "hostname: a.example.com", "tlsSecret: {name: cert}",
-        "acmeProvider: {authority: none}" }) .. LISTENER)
-      assert.same({
-        "t.yaml:8: Host h: tlsSecret: accepted; TLS comes in a later release of nuncio, ignored for now",
-        "t.yaml:9: Host h: acmeProvider: accepted; TLS comes in a later release of nuncio, ignored for now",
-      }, warns)
+    it("takes acmeProvider {authority: none} quietly and warns about real ACME (Edge Stack only)", function()
+      local route = "requestPolicy: {insecure: {action: Route}}"
+      local warns = warnings_of(doc("Host", "h", { "hostname: a.example.com", route, "acmeProvider: {authority: none}" })
+        .. doc("Host", "acme", { "hostname: b.example.com", route, "acmeProvider: {email: me@example.com}" })
+        .. LISTENER)
+      assert.same({ "t.yaml:18: Host acme: acmeProvider: ACME is not implemented (an Edge Stack feature), ignored; "
+        .. "acmeProvider: {authority: none} says so without a warning" }, warns)
+    end)
+
+    it("says when Redirect cannot work, and not behind a trusted XFP balancer", function()
+      local warns = warnings_of(doc("Host", "h", { "hostname: a.example.com" }) .. LISTENER)
+      assert.equal(1, #warns)
+      warns = warnings_of(doc("Host", "h", { "hostname: a.example.com" }) .. doc("Listener", "l", { "port: 8080",
+        "protocol: HTTP", "securityModel: XFP", "l7Depth: 1", "hostBinding: {namespace: {from: ALL}}" }))
+      assert.same({}, warns)
     end)
 
     it("attaches Mappings by glob compatibility", function()
@@ -615,8 +628,9 @@ describe("nuncio.ambassador", function()
     end)
 
     it("reads the v2 name selector and an empty selector as none", function()
-      local text = doc("Host", "v2", { "hostname: '*'", "selector: {matchLabels: {app: x}}" })
-        .. doc("Host", "empty", { "hostname: '*'", "mappingSelector: {}" })
+      local text = doc("Host", "v2", { "hostname: '*'", "selector: {matchLabels: {app: x}}",
+        "requestPolicy: {insecure: {action: Route}}" })
+        .. doc("Host", "empty", { "hostname: '*'", "mappingSelector: {}", "requestPolicy: {insecure: {action: Route}}" })
         .. doc("Mapping", "m", { "prefix: /a/", "service: a" }, { "labels: {app: x}" }) .. LISTENER
       local model, errs, warns = load(text)
       assert.same({}, errs)
@@ -653,7 +667,7 @@ describe("nuncio.ambassador", function()
       local model, errs, warns = load("")
       assert.same({}, errs)
       assert.same({ NO_LISTENER }, warns)
-      assert.same({ { name = "default-listener", address = "0.0.0.0", port = 8080, protocol = "HTTP",
+      assert.same({ { name = "default-listener", address = "0.0.0.0", port = 8080, protocol = "HTTP", tls = false,
         security_model = "XFP", l7_depth = 0, source = "(default)" } }, model.listeners)
     end)
 
@@ -663,7 +677,7 @@ describe("nuncio.ambassador", function()
       assert.same({}, errs)
       assert.same({}, warns)
       assert.same({ { name = "l", namespace = "default", address = "127.0.0.1", port = 8081, protocol = "HTTP",
-        security_model = "SECURE", l7_depth = 2, source = "t.yaml:2" } }, model.listeners)
+        tls = false, security_model = "SECURE", l7_depth = 2, source = "t.yaml:2" } }, model.listeners)
     end)
 
     it("reads protocolStack and prefers it over protocol", function()
@@ -671,9 +685,11 @@ describe("nuncio.ambassador", function()
         "protocolStack: [TLS, HTTP, TCP]", "securityModel: XFP", "hostBinding: {namespace: {from: ALL}}" }))
       assert.same({}, errs)
       assert.equal("HTTPS", model.listeners[1].protocol)
+      assert.is_false(model.listeners[1].tls) -- no certificate anywhere: cleartext, as Emissary serves it
       assert.same({
         "t.yaml:9: Listener l: protocolStack: both protocol and protocolStack are set, using protocolStack",
-        "t.yaml:9: Listener l: protocolStack: TLS comes in a later release: cleartext only for now",
+        "t.yaml:9: Listener l: protocolStack: nothing terminates TLS (no Host tlsSecret, no TLSContext with hosts): "
+          .. "this HTTPS Listener serves cleartext only",
       }, warns)
     end)
 
@@ -754,11 +770,11 @@ describe("nuncio.ambassador", function()
   end)
 
   describe("other kinds", function()
-    it("parses TLSContext and says TLS comes later", function()
-      local warns = warnings_of(doc("TLSContext", "upstream", { "hosts: [a.example.com]", "alpn_protocols: h2" })
+    it("reads an origination-only TLSContext quietly (spec/01-unit/tls_loading_spec.lua has the rest)", function()
+      local warns, model = warnings_of(doc("TLSContext", "upstream", { "alpn_protocols: h2", "sni: up.example.com" })
         .. LISTENER)
-      assert.same({ "t.yaml:2: TLSContext upstream: accepted; TLS comes in a later release of nuncio, ignored for now" },
-        warns)
+      assert.same({}, warns)
+      assert.same({}, model.tls_contexts)
     end)
 
     it("names kinds that are not implemented and unknown ones", function()

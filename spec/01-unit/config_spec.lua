@@ -42,13 +42,14 @@ describe("nuncio.config", function()
       admin = { address = "127.0.0.1", port = 8877 },
       lua_path = {},
       chain = {},
-      listeners = { { name = "default-listener", address = "0.0.0.0", port = 8080, protocol = "HTTP",
+      listeners = { { name = "default-listener", address = "0.0.0.0", port = 8080, protocol = "HTTP", tls = false,
         security_model = "XFP", l7_depth = 0, source = "(default)" } },
       hosts = { { name = "default-host", namespace = "default", hostname = "*", insecure_action = "Route",
         source = "(default)" } },
       clusters = {},
       routes = {},
       module = {},
+      tls_contexts = {},
     }, model)
   end)
 

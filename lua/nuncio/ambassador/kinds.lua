@@ -1,16 +1,17 @@
--- nuncio.ambassador.kinds: Host, Listener, Module and TLSContext resources
--- -> their part of the normalized model (docs/internals.md §2).
--- Mapping lives in nuncio.ambassador.mapping.
+-- nuncio.ambassador.kinds: Host, Listener and Module resources -> their part
+-- of the normalized model (docs/internals.md §2). Mapping lives in
+-- nuncio.ambassador.mapping, TLSContext, Secrets and TLS in nuncio.ambassador.tls.
 
 local check = require("nuncio.ambassador.check")
 local mapping = require("nuncio.ambassador.mapping")
 
 local next = next
+local ipairs = ipairs
+local table_sort = table.sort
+local table_concat = table.concat
 local string_format = string.format
 
 local M = {}
-
-local TLS_LATER = "accepted; TLS comes in a later release of nuncio, ignored for now"
 
 ---------------------------------------------------------------------------
 -- Module (behaviour notes §5)
@@ -116,9 +117,7 @@ function M.listener(rep, res)
   else
     c:missing("protocol", "required (or protocolStack)")
   end
-  if protocol == "HTTPS" then
-    c:warn(stack and "protocolStack" or "protocol", "TLS comes in a later release: cleartext only for now")
-  elseif protocol and protocol ~= "HTTP" then
+  if protocol and protocol ~= "HTTP" and protocol ~= "HTTPS" then
     c:fail(stack and "protocolStack" or "protocol", protocol .. " listeners are not supported by nuncio yet")
   end
 
@@ -157,26 +156,59 @@ function M.listener(rep, res)
     address = address,
     port = port,
     protocol = protocol,
+    -- HTTPS takes TLS and cleartext on one port; nuncio.ambassador turns tls
+    -- off again when nothing terminates TLS (there is no certificate to serve)
+    tls = protocol == "HTTPS",
     security_model = security,
     l7_depth = l7,
     source = res.source,
   }
 end
 
-function M.default_listener()
+M.DEFAULT_HTTP_PORT = 8080
+M.DEFAULT_HTTPS_PORT = 8443
+
+local function default_listener(name, port, tls)
   return {
-    name = "default-listener",
+    name = name,
     address = "0.0.0.0",
-    port = 8080,
-    protocol = "HTTP",
+    port = port,
+    protocol = tls and "HTTPS" or "HTTP",
+    tls = tls,
     security_model = "XFP",
     l7_depth = 0,
     source = "(default)",
   }
 end
 
-M.NO_LISTENER_WARNING = "no Listener resource: Emissary itself would listen nowhere; nuncio defaults to "
-  .. "0.0.0.0:8080 (protocol HTTP, securityModel XFP) like Ambassador's quick-start"
+-- default_listeners(cleartext_ports, with_tls) -> listeners, warning
+--   Without Listener resources nuncio listens like Ambassador's quick-start:
+--   cleartext on 8080 (or the Hosts' additionalPorts), and 8443 HTTPS (TLS and
+--   cleartext by first byte) when something terminates TLS.
+function M.default_listeners(ports, with_tls)
+  local sorted, seen = {}, {}
+  for _, p in ipairs(ports) do
+    if not seen[p] and not (with_tls and p == M.DEFAULT_HTTPS_PORT) then
+      seen[p] = true
+      sorted[#sorted + 1] = p
+    end
+  end
+  table_sort(sorted)
+  local out, said = {}, {}
+  for _, p in ipairs(sorted) do
+    out[#out + 1] = default_listener(p == M.DEFAULT_HTTP_PORT and "default-listener" or "default-listener-" .. p, p,
+      false)
+  end
+  if with_tls then
+    out[#out + 1] = default_listener("default-https-listener", M.DEFAULT_HTTPS_PORT, true)
+  end
+  for i, l in ipairs(out) do
+    said[i] = string_format("%s:%d (protocol %s, securityModel XFP)", l.address, l.port, l.protocol)
+  end
+  local warning = "no Listener resource: Emissary itself would listen nowhere; nuncio defaults to "
+    .. table_concat(said, " and ") .. " like Ambassador's quick-start"
+  return out, warning
+end
 
 ---------------------------------------------------------------------------
 -- Host (behaviour notes §2)
@@ -201,7 +233,9 @@ local function read_selector(c, key)
   return labels or {}
 end
 
--- host(rep, res) -> model host | nil
+-- host(rep, res) -> model host, extra | nil
+--   extra: { additional_port, tls_secret = {name, namespace, tbl}, tls_context, tls_inline }
+--   for nuncio.ambassador.tls (Builder:host)
 function M.host(rep, res)
   local c = check.fields(rep, res, res.spec)
   local hostname = c:string("hostname")
@@ -220,11 +254,13 @@ function M.host(rep, res)
   elseif not INSECURE_ACTIONS[action] then
     ins:fail("action", string_format("must be Redirect, Route or Reject (case-sensitive), not %q", action))
   end
-  if ins:has("additionalPort") then
-    ins:int("additionalPort", nil, -1, 65535)
+  local additional_port = ins:int("additionalPort", nil, -1, 65535)
+  if additional_port == 0 then
+    ins:fail("additionalPort", "must be -1 (no cleartext port) or a port between 1 and 65535, not 0")
+    additional_port = nil
   end
   rp:check_keys(check.set { "insecure" })
-  ins:check_keys(check.set { "action" }, check.set { "additionalPort" })
+  ins:check_keys(check.set { "action", "additionalPort" })
 
   local selector
   if c:has("mappingSelector") then
@@ -236,10 +272,38 @@ function M.host(rep, res)
     selector = read_selector(c, "selector")
   end
 
-  local tls_keys = { "tlsSecret", "tls", "tlsContext", "acmeProvider" }
-  for i = 1, #tls_keys do
-    if c:has(tls_keys[i]) then
-      c:warn(tls_keys[i], TLS_LATER)
+  -- TLS (resolved by nuncio.ambassador.tls once every TLSContext is known)
+  local extra = { additional_port = additional_port, additional_port_tbl = ins.tbl }
+  if c:has("tlsSecret") then
+    local sc = c:sub("tlsSecret")
+    local name = sc:string("name", true)
+    local ns = sc:string("namespace")
+    if name == "" then
+      sc:fail("name", "must not be empty")
+      name = nil
+    end
+    sc:check_keys(check.set { "name", "namespace" })
+    if name then
+      extra.tls_secret = { name = name, namespace = ns ~= "" and ns or nil, tbl = sc.tbl }
+    end
+  end
+  if c:has("tlsContext") then
+    local tc = c:sub("tlsContext")
+    local name = tc:string("name", true)
+    tc:check_keys(check.set { "name" })
+    if name and name ~= "" then
+      extra.tls_context = name
+      extra.tls_context_tbl = tc.tbl
+    elseif name == "" then
+      tc:fail("name", "must not be empty")
+    end
+  end
+  extra.tls_inline = c:map("tls")
+  if c:has("acmeProvider") then
+    local ac = c:sub("acmeProvider")
+    if ac:raw("authority") ~= "none" then
+      c:warn("acmeProvider", "ACME is not implemented (an Edge Stack feature), ignored; "
+        .. "acmeProvider: {authority: none} says so without a warning")
     end
   end
   c:check_keys(HOST_FIELDS, HOST_TODO)
@@ -253,10 +317,11 @@ function M.host(rep, res)
     insecure_action = action,
     selector = selector,
     source = res.source,
-  }
+  }, extra
 end
 
--- §2.5: no Host and no fallback certificate (nuncio has none yet) -> cleartext "*"
+-- §2.5: no Host -> a "*" Host; cleartext (Route) unless the fallback
+-- certificate exists, then TLS and Redirect (nuncio.ambassador decides)
 function M.default_host(namespace)
   return {
     name = "default-host",
@@ -265,16 +330,6 @@ function M.default_host(namespace)
     insecure_action = "Route",
     source = "(default)",
   }
-end
-
----------------------------------------------------------------------------
--- TLSContext (behaviour notes §4): read, then set aside until TLS lands
-
-function M.tls_context(rep, res)
-  local c = check.fields(rep, res, res.spec)
-  c:string_list("hosts")
-  c:string("secret")
-  rep:warning(res, nil, TLS_LATER)
 end
 
 return M

@@ -24,7 +24,9 @@ local M = {}
 
 -- parse_service(s, ns, opts) -> { host, port, tls } | nil, err
 --   forms: host, host:port, scheme://host[:port], [ipv6]:port
+--   tls: true for https:// (the scheme alone originates TLS)
 --   opts.ambassador_namespace, opts.use_ambassador_namespace: §0 service name rules
+--   opts.originate: TLS is originated anyway (Mapping tls), so the default port is 443
 function M.parse_service(s, ns, opts)
   local rest, tls = s, false
   local scheme, after = s:match("^([%a][%w+.-]*)://(.*)$")
@@ -88,7 +90,7 @@ function M.parse_service(s, ns, opts)
       return nil, string_format("port must be an integer between 1 and 65535, not %q", port_s)
     end
   else
-    port = tls and 443 or 80 -- §1.3: from TLS origination, never from grpc
+    port = (tls or (opts and opts.originate)) and 443 or 80 -- §1.3: from TLS origination, never from grpc
   end
 
   -- §0: an unqualified name in another namespace than Ambassador's means svc.ns
@@ -186,7 +188,7 @@ end
 local HANDLED = check.set {
   "prefix", "prefix_regex", "prefix_exact", "case_sensitive", "rewrite", "grpc", "service",
   "hostname", "host", "host_regex", "headers", "regex_headers", "method", "method_regex",
-  "precedence", "timeout_ms", "connect_timeout_ms", "ambassador_id", "generation",
+  "precedence", "timeout_ms", "connect_timeout_ms", "ambassador_id", "generation", "tls",
 }
 
 -- Emissary Mapping fields (v0..v3alpha1) nuncio accepts but does not act on yet.
@@ -194,7 +196,7 @@ local TODO = check.set {
   "add_request_headers", "add_response_headers", "remove_request_headers", "remove_response_headers",
   "add_linkerd_headers", "host_rewrite", "auto_host_rewrite", "host_redirect", "path_redirect",
   "prefix_redirect", "regex_redirect", "redirect_response_code", "regex_rewrite", "cors",
-  "retry_policy", "weight", "load_balancer", "tls", "shadow", "idle_timeout_ms", "labels", "docs",
+  "retry_policy", "weight", "load_balancer", "shadow", "idle_timeout_ms", "labels", "docs",
   "bypass_auth", "bypass_error_response_overrides", "error_response_overrides", "allow_upgrade",
   "use_websocket", "circuit_breakers", "cluster_idle_timeout_ms", "cluster_max_connection_lifetime_ms",
   "cluster_tag", "dns_type", "enable_ipv4", "enable_ipv6", "envoy_override", "health_checks",
@@ -253,6 +255,8 @@ end
 -- build(rep, res, ctx) -> record | nil
 --   res: resource envelope (res.spec holds the fields, res.legacy for v0..v2)
 --   ctx: { default_timeout_ms, ambassador_namespace, use_ambassador_namespace }
+--   record.tls_ref: nil, or { kind = "https" | "true" | "name", name, field }:
+--   how TLS is originated (nuncio.ambassador.tls turns it into clusters[i].tls)
 function M.build(rep, res, ctx)
   local c = check.fields(rep, res, res.spec)
 
@@ -280,12 +284,37 @@ function M.build(rep, res, ctx)
     c:warn("prefix", "does not start with '/': it can never match a request path")
   end
 
+  -- §1.11: tls names a TLSContext; v0..v2 also take tls: true (no context)
+  local tls_ref
+  local tls_v = c:raw("tls")
+  if tls_v ~= nil then
+    if type(tls_v) == "string" and tls_v ~= "" then
+      tls_ref = { kind = "name", name = tls_v, field = "tls" }
+    elseif type(tls_v) == "boolean" and res.legacy then
+      tls_ref = tls_v and { kind = "true", field = "tls" } or nil
+    elseif type(tls_v) == "boolean" then
+      c:fail("tls", "must be the name of a TLSContext: tls: " .. tostring(tls_v)
+        .. " is only read in getambassador.io/v2 and older")
+    else
+      c:fail("tls", "must be the name of a TLSContext, not " .. check.describe(tls_v))
+    end
+  end
+
   local service
   if service_s then
     local err
-    service, err = M.parse_service(service_s, res.namespace, ctx)
+    service, err = M.parse_service(service_s, res.namespace, {
+      ambassador_namespace = ctx.ambassador_namespace,
+      use_ambassador_namespace = ctx.use_ambassador_namespace,
+      originate = tls_ref ~= nil,
+    })
     if not service then
       c:fail("service", err)
+    elseif tls_ref and service_s:match("^[Hh][Tt][Tt][Pp]://") then
+      c:fail("service", "both http:// and tls: http:// never originates TLS; use https:// or drop the scheme "
+        .. "(Emissary reports this and originates TLS anyway)")
+    elseif not tls_ref and service.tls then
+      tls_ref = { kind = "https", field = "service" }
     end
   end
 
@@ -363,6 +392,7 @@ function M.build(rep, res, ctx)
     precedence = precedence,
     grpc = grpc,
     service = service,
+    tls_ref = tls_ref, -- resolved into service.tls by nuncio.ambassador
     timeout_ms = timeout_ms,
     connect_timeout_ms = connect_timeout_ms,
   }
