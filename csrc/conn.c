@@ -144,6 +144,7 @@ struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t
     conn_format_addr(sa, c->peer, sizeof c->peer);
     c->connecting = 1;
     c->tls_client = tc;
+    c->connect_timeout = timeout_s;
     ev_timer_init(&c->connect_timer, on_timeout, timeout_s, 0.);
     *err = NU_OK;
     return c;
@@ -341,7 +342,10 @@ static void on_writable(struct ev_loop *loop, ev_io *io, int revents)
             return;
         }
         if (c->tls_client) {
-            ev_timer_again(loop, &c->connect_timer); /* the handshake gets its own connect timeout */
+            /* The handshake gets a deadline of its own, as long as the connect's. */
+            ev_timer_stop(loop, &c->connect_timer);
+            ev_timer_set(&c->connect_timer, c->connect_timeout, 0.);
+            ev_timer_start(loop, &c->connect_timer);
             start_handshake(c, tls_new_client(c->tls_client, c->fd));
             return;
         }

@@ -66,6 +66,7 @@ struct conn {
     unsigned secure : 1;      /* requests on it count as secure (listener securityModel) */
     unsigned trust_xfp : 1;   /* a client's x-forwarded-proto is believed (l7Depth > 0) */
     int local_port;
+    double connect_timeout; /* upstream: for the TCP connect, then again for the TLS handshake */
     char peer[64];    /* "ip:port" for logs */
     char detail[200]; /* why a connect or handshake failed, for replies and logs */
 };
