@@ -251,6 +251,9 @@ static void handshake_step(struct conn *c)
     c->handshaking = 0;
     ev_io_stop(c->w->loop, &c->wio);
     ev_timer_stop(c->w->loop, &c->connect_timer);
+    /* A handshake that completes in its first step never armed the read
+     * watcher; without it libev drops the fd and the peer's bytes sit unread. */
+    ev_io_start(c->w->loop, &c->rio);
     if (c->tls_client) {
         /* upstream: the codec learns the outcome as its connect result */
         c->h->on_connect(c, rc == NU_OK ? NU_OK : NU_ERR_TLS);

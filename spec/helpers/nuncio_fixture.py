@@ -9,16 +9,25 @@ nuncio binary ($NUNCIO_BIN) as a child process on free ports, grpcio clients.
                       generated once per process into a temp dir.
 * Upstream(...)    -> a grpc.server on 127.0.0.1:<ephemeral> with the test
                       Greeter and Echo servicers; records every call it gets.
+                      tls=(key_pem, cert_pem) serves TLS (ALPN h2), client_ca=
+                      requires a client certificate signed by that CA.
 * Nuncio(...)      -> writes Ambassador YAML + a native config into a temp dir,
                       starts the proxy, waits for admin /ready; .stats(),
-                      .wait_stats(), .channel(), .log(), .stop() (asserts exit 0:
-                      under ASan that is the leak check).
+                      .wait_stats(), .channel(), .tls_channel(), .log(), .stop()
+                      (asserts exit 0: under ASan that is the leak check).
+                      docs= adds raw resources (Secrets, Hosts, TLSContexts,
+                      Listeners); default_listener= / default_host= /
+                      listener_protocol= shape the default Listener and Host.
+* secret(), host(), listener(), tls_context() -> resource dicts for docs=;
+  tls_channel(), s_client() -> TLS clients (grpcio, `openssl s_client`).
 * NuncioTestCase   -> unittest.TestCase whose every failure or error message
                       carries the proxy log of the test.
 
 Nothing here sleeps to synchronize: readiness and settling are polled against a
 deadline, and servers signal with threading.Event.
 """
+import base64
+import contextlib
 import functools
 import http.client
 import json
@@ -55,6 +64,8 @@ GRPC_MSG_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
                     ("grpc.max_receive_message_length", MAX_MESSAGE)]
 
 LOG_MARK = "---- nuncio log"
+# The proxy's log_level in the tests (NUNCIO_IT_LOG_LEVEL=debug to see more on a failure).
+LOG_LEVEL = os.environ.get("NUNCIO_IT_LOG_LEVEL") or "info"
 
 
 # --------------------------------------------------------------------------- stubs
@@ -132,6 +143,9 @@ class Greeter:
     def SayHello(self, request, context):
         with self.upstream.lock:
             self.upstream.peers.add(context.peer())
+            # transport_security_type (b"ssl" over TLS), x509_common_name of a client cert, ...
+            self.upstream.auth.append({k: [v.decode("utf-8", "replace") for v in vs]
+                                       for k, vs in context.auth_context().items()})
         return stubs().helloworld_pb2.HelloReply(message="Hello, %s!" % request.name)
 
     def SayHelloStreamReply(self, request, context):
@@ -203,13 +217,16 @@ class Echo:
 
 
 class Upstream:
-    """A real grpcio server (thread pool) on 127.0.0.1 with Greeter and Echo."""
+    """A real grpcio server (thread pool) on 127.0.0.1 with Greeter and Echo.
+    tls=(key_pem, cert_pem) (bytes): serve TLS instead (grpc ssl_server_credentials,
+    ALPN h2); client_ca=pem: also require a client certificate signed by it."""
 
-    def __init__(self, workers=32, port=0):
+    def __init__(self, workers=32, port=0, tls=None, client_ca=None):
         s = stubs()
         self.lock = threading.Lock()
         self.calls = []          # (method path the server saw, metadata dict)
         self.peers = set()       # context.peer() of SayHello calls (one per upstream connection)
+        self.auth = []           # auth_context() of SayHello calls, as {name: [str]}
         self.ended = {}          # tag -> threading.Event
         self.died = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
@@ -218,7 +235,13 @@ class Upstream:
         s.echo_pb2_grpc.add_EchoServicer_to_server(Echo(self), self.server)
         # grpcio binds with SO_REUSEPORT, so a second Upstream may share a port
         # with a first one that is about to stop (an upstream restart).
-        self.port = self.server.add_insecure_port("127.0.0.1:%d" % port)
+        self.tls = tls is not None
+        if tls is not None:
+            creds = grpc.ssl_server_credentials([tuple(tls)], root_certificates=client_ca,
+                                                require_client_auth=client_ca is not None)
+            self.port = self.server.add_secure_port("127.0.0.1:%d" % port, creds)
+        else:
+            self.port = self.server.add_insecure_port("127.0.0.1:%d" % port)
         if not self.port:
             raise RuntimeError("the upstream grpc server could not bind 127.0.0.1:%d" % port)
         self.server.start()
@@ -321,20 +344,74 @@ def mapping(name, prefix, service, rewrite=None, **extra):
             "metadata": {"name": name}, "spec": spec}
 
 
-def ambassador_yaml(listener_port, mappings):
-    docs = [{"apiVersion": "getambassador.io/v3alpha1", "kind": "Listener",
-             "metadata": {"name": "it-listener"},
-             "spec": {"port": listener_port, "protocol": "HTTP", "securityModel": "XFP",
-                      "bind_address": "127.0.0.1", "hostBinding": {"namespace": {"from": "ALL"}}}},
-            {"apiVersion": "getambassador.io/v3alpha1", "kind": "Host",
-             "metadata": {"name": "it-host"},
-             "spec": {"hostname": "*", "requestPolicy": {"insecure": {"action": "Route"}}}}]
-    docs.extend(mappings)
-    return "".join("---\n" + "\n".join(_yaml_block(d, 0)) + "\n" for d in docs)
+def listener(name, port, protocol="HTTPS", security_model="XFP", **extra):
+    """An Emissary Listener on 127.0.0.1:port (hostBinding: every namespace)."""
+    spec = {"port": port, "protocol": protocol, "securityModel": security_model, "bind_address": "127.0.0.1",
+            "hostBinding": {"namespace": {"from": "ALL"}}}
+    spec.update(extra)
+    return {"apiVersion": "getambassador.io/v3alpha1", "kind": "Listener", "metadata": {"name": name},
+            "spec": spec}
+
+
+def host(name, hostname, tls_secret=None, insecure=None, **extra):
+    """An Emissary Host. tls_secret: a Secret name (tlsSecret.name); insecure: the
+    requestPolicy.insecure.action (Redirect / Route / Reject), omitted when None."""
+    spec = {"hostname": hostname}
+    if tls_secret is not None:
+        spec["tlsSecret"] = {"name": tls_secret}
+    if insecure is not None:
+        spec["requestPolicy"] = {"insecure": {"action": insecure}}
+    spec.update(extra)
+    return {"apiVersion": "getambassador.io/v3alpha1", "kind": "Host", "metadata": {"name": name}, "spec": spec}
+
+
+def tls_context(name, **spec):
+    """An Emissary TLSContext with these spec fields (hosts=[...], cert_chain_file=...,
+    alpn_protocols="h2", sni=..., cacert_chain_file=..., cert_required=True, ...)."""
+    return {"apiVersion": "getambassador.io/v3alpha1", "kind": "TLSContext", "metadata": {"name": name},
+            "spec": dict(spec)}
+
+
+def secret(name, cert_pem=None, key_pem=None, crt_b64=None, key_b64=None):
+    """A Kubernetes Secret of type kubernetes.io/tls with base64 data tls.crt / tls.key.
+    crt_b64 / key_b64 give the data fields verbatim (to write a broken one)."""
+    def b64(pem):
+        return base64.b64encode(pem if isinstance(pem, bytes) else pem.encode()).decode("ascii")
+    data = {"tls.crt": crt_b64 if crt_b64 is not None else b64(cert_pem)}
+    if key_b64 is not None or key_pem is not None:
+        data["tls.key"] = key_b64 if key_b64 is not None else b64(key_pem)
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "type": "kubernetes.io/tls", "data": data}
+
+
+def _render(doc):
+    """One YAML document: a dict (rendered as block YAML) or raw YAML text."""
+    if isinstance(doc, str):
+        text = doc.strip("\n")
+        if text.startswith("---"):
+            text = text.split("\n", 1)[1] if "\n" in text else ""
+        return "---\n" + text + "\n"
+    return "---\n" + "\n".join(_yaml_block(doc, 0)) + "\n"
+
+
+def ambassador_yaml(listener_port, mappings, docs=(), default_listener=True, default_host=True,
+                    listener_protocol="HTTP"):
+    """The Ambassador file the harness writes: a Listener "it-listener" on
+    127.0.0.1:listener_port (protocol listener_protocol, securityModel XFP) unless
+    default_listener is false, a Host "it-host" (hostname "*", insecure Route) unless
+    default_host is false, the mappings, then docs (dicts or raw YAML text)."""
+    out = []
+    if default_listener:
+        out.append(listener("it-listener", listener_port, protocol=listener_protocol))
+    if default_host:
+        out.append(host("it-host", "*", insecure="Route"))
+    out.extend(mappings)
+    out.extend(docs)
+    return "".join(_render(d) for d in out)
 
 
 def native_yaml(admin_port, chain=None, lua_path=None, ambassador=("ambassador.yaml",)):
-    out = ["admin:", "  address: 127.0.0.1", "  port: %d" % admin_port, "log_level: info",
+    out = ["admin:", "  address: 127.0.0.1", "  port: %d" % admin_port, "log_level: %s" % LOG_LEVEL,
            "ambassador: [%s]" % ", ".join(_q(a) for a in ambassador)]
     if lua_path:
         out.append("lua_path: [%s]" % ", ".join(_q(p) for p in lua_path))
@@ -347,6 +424,54 @@ def native_yaml(admin_port, chain=None, lua_path=None, ambassador=("ambassador.y
     return "\n".join(out) + "\n"
 
 
+# --------------------------------------------------------------------------- TLS clients
+
+def tls_channel(address, root_certificates, name="localhost", client_cert=None, options=()):
+    """A grpcio TLS channel to address ("127.0.0.1:port") that trusts root_certificates
+    (PEM bytes) and expects a certificate for `name`, which is also the SNI it sends
+    (grpc.ssl_target_name_override) and the :authority of its calls
+    (grpc.default_authority, no port: what a client of port 443 sends). name=None
+    keeps grpc's defaults. client_cert: (key_pem, cert_pem) or an entry of
+    certs.certs() to present a client certificate."""
+    key = cert = None
+    if client_cert is not None:
+        key, cert = ((client_cert.key_pem, client_cert.cert_pem) if hasattr(client_cert, "key_pem")
+                     else tuple(client_cert))
+    creds = grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=key,
+                                         certificate_chain=cert)
+    options = list(options)
+    if name is not None:
+        options += [("grpc.ssl_target_name_override", name), ("grpc.default_authority", name)]
+    return grpc.secure_channel(address, creds, options=options)
+
+
+def s_client(port, servername=None, alpn=None, cafile=None, cert=None, key=None, verify_name=None, extra=(),
+             timeout=CALL_TIMEOUT):
+    """`openssl s_client -connect 127.0.0.1:port ... </dev/null`: one handshake, then
+    stdin's EOF closes it. servername: the SNI (None: -noservername, no SNI at all);
+    alpn: "h2" or "h2,http/1.1"; cafile: verify against it (see "Verify return code");
+    cert/key: a client certificate; verify_name: -verify_hostname. Returns
+    (exit status, stdout + stderr, the peer's certificate PEM or None)."""
+    args = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port]
+    args += ["-servername", servername] if servername else ["-noservername"]
+    if alpn:
+        args += ["-alpn", alpn]
+    if cafile:
+        args += ["-CAfile", cafile]
+    if cert:
+        args += ["-cert", cert, "-key", key]
+    if verify_name:
+        args += ["-verify_hostname", verify_name]
+    args += list(extra)
+    p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    out = p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+    pem = None
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    if begin in out and end in out:
+        pem = out[out.index(begin):out.index(end) + len(end)] + "\n"
+    return p.returncode, out, pem
+
+
 # --------------------------------------------------------------------------- the proxy
 
 class ProxyError(AssertionError):
@@ -356,15 +481,30 @@ class ProxyError(AssertionError):
 class Nuncio:
     """The proxy under test. mappings: a list of mapping(...) dicts, or a function
     of nothing returning one (called for every start attempt). lua_files: {name.lua: text}
-    written into a temp lua dir put on lua_path; chain: [{"name":..., "config":...}]."""
+    written into a temp lua dir put on lua_path; chain: [{"name":..., "config":...}].
 
-    def __init__(self, mappings, chain=None, lua_files=None, name="nuncio"):
+    docs: more resources after the mappings (dicts as secret()/host()/listener()/
+    tls_context() make, or raw YAML text), or a function of this Nuncio returning them,
+    called for every start attempt once .port / .ports are chosen.
+    default_listener / default_host: write the harness's Listener on .port and its
+    "*" Host with insecure Route (both by default); listener_protocol: that Listener's
+    protocol ("HTTPS": TLS and cleartext on .port). extra_ports: names of more free
+    ports to choose per attempt, found in .ports[name] (for Listeners in docs)."""
+
+    def __init__(self, mappings, chain=None, lua_files=None, name="nuncio", docs=(), default_listener=True,
+                 default_host=True, listener_protocol="HTTP", extra_ports=()):
         if not os.access(BIN, os.X_OK):
             raise ProxyError("NUNCIO_BIN %s is not an executable (build first)" % BIN)
         self.dir = tempfile.mkdtemp(prefix="nuncio-it-%s-" % name)
         self.log_path = os.path.join(self.dir, "nuncio.log")
         self.mappings = mappings
         self.chain = chain
+        self.docs = docs
+        self.default_listener = default_listener
+        self.default_host = default_host
+        self.listener_protocol = listener_protocol
+        self.extra_ports = tuple(extra_ports)
+        self.ports = {}
         self.lua_dir = None
         if lua_files:
             self.lua_dir = os.path.join(self.dir, "lua")
@@ -382,11 +522,15 @@ class Nuncio:
 
     def start(self, attempts=5):
         for _ in range(attempts):
-            self.port, self.admin_port = free_port(), free_port()
-            while self.admin_port == self.port:
-                self.admin_port = free_port()
+            self.port = free_port()
+            taken = {self.port}
+            self.admin_port = self._another_port(taken)
+            self.ports = {name: self._another_port(taken) for name in self.extra_ports}
             with open(os.path.join(self.dir, "ambassador.yaml"), "w") as f:
-                f.write(ambassador_yaml(self.port, self.mappings() if callable(self.mappings) else self.mappings))
+                f.write(ambassador_yaml(self.port, self.mappings() if callable(self.mappings) else self.mappings,
+                                        docs=self.docs(self) if callable(self.docs) else self.docs,
+                                        default_listener=self.default_listener, default_host=self.default_host,
+                                        listener_protocol=self.listener_protocol))
             self.config_path = os.path.join(self.dir, "nuncio.yaml")
             with open(self.config_path, "w") as f:
                 f.write(native_yaml(self.admin_port, self.chain, [self.lua_dir] if self.lua_dir else None))
@@ -413,6 +557,14 @@ class Nuncio:
                 raise ProxyError("nuncio did not answer /ready on 127.0.0.1:%d within %ss%s"
                                  % (self.admin_port, START_TIMEOUT, self.format_log()))
         raise ProxyError("nuncio could not bind free ports in %d attempts%s" % (attempts, self.format_log()))
+
+    @staticmethod
+    def _another_port(taken):
+        port = free_port()
+        while port in taken:
+            port = free_port()
+        taken.add(port)
+        return port
 
     def _ready(self):
         try:
@@ -476,20 +628,36 @@ class Nuncio:
 
     def wait_stats(self, timeout=SETTLE_TIMEOUT, **expected):
         """Polls /stats until every name=value in expected holds; returns the stats."""
+        return self.wait_stats_until(lambda st: all(st.get(k) == v for k, v in expected.items()),
+                                     str(expected), timeout)
+
+    def wait_stats_until(self, predicate, what, timeout=SETTLE_TIMEOUT):
+        """Polls /stats until predicate(stats) is true; returns the stats. what: the
+        condition in words, for the error."""
         deadline = time.monotonic() + timeout
         while True:
             st = self.stats()
-            if all(st.get(k) == v for k, v in expected.items()):
+            if predicate(st):
                 return st
             if time.monotonic() >= deadline:
                 raise ProxyError("/stats did not reach %s within %ss; last: %s%s"
-                                 % (expected, timeout, st, self.format_log()))
+                                 % (what, timeout, st, self.format_log()))
             time.sleep(0.02)  # poll interval
 
     # -- clients and logs
 
-    def channel(self, options=()):
-        return grpc.insecure_channel("127.0.0.1:%d" % self.port, options=list(options))
+    def channel(self, options=(), authority=None, port=None):
+        """A cleartext (h2c) channel to the listener on .port (or port). authority:
+        the :authority of its calls (grpc.default_authority), else 127.0.0.1:port."""
+        options = list(options)
+        if authority is not None:
+            options.append(("grpc.default_authority", authority))
+        return grpc.insecure_channel("127.0.0.1:%d" % (port or self.port), options=options)
+
+    def tls_channel(self, root_certificates, name="localhost", client_cert=None, options=(), port=None):
+        """A TLS channel to the listener on .port (or port): see tls_channel()."""
+        return tls_channel("127.0.0.1:%d" % (port or self.port), root_certificates, name=name,
+                           client_cert=client_cert, options=options)
 
     def log(self, since=0):
         """The proxy's log (stderr) from byte offset `since` (see log_size())."""
@@ -518,6 +686,20 @@ class Nuncio:
 
 
 # --------------------------------------------------------------------------- test case
+
+@contextlib.contextmanager
+def case(label):
+    """For loops over cases in a NuncioTestCase test (subTest failures would not
+    carry the proxy log): a failure or RPC error inside names the case."""
+    try:
+        yield
+    except grpc.RpcError as e:
+        if not hasattr(e, "code"):
+            raise
+        raise AssertionError("%s: RPC failed: %s: %s" % (label, e.code(), e.details())) from e
+    except AssertionError as e:
+        raise AssertionError("%s: %s" % (label, e)) from e
+
 
 def _with_log(method):
     @functools.wraps(method)
