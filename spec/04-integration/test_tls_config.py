@@ -94,6 +94,27 @@ class TlsConfigErrorTest(unittest.TestCase):
         p = self.validate([tls_context("upstream", alpn_protocols="h2", cacert_chain_file=missing)])
         self.assertRefused(p, "upstream", "cacert_chain_file", "no-ca.pem")
 
+    # ------------------------------------------------------------ TLSContext settings C checks
+
+    def test_cipher_suites_in_openssl_mbedtls_and_boringssl_spelling(self):
+        p = self.validate([tls_context("ciphers", hosts=["localhost"], cert_chain_file=C.server.cert_path,
+                                       private_key_file=C.server.key_path, alpn_protocols="h2",
+                                       cipher_suites=["ECDHE-ECDSA-AES128-GCM-SHA256",
+                                                      "TLS-ECDHE-ECDSA-WITH-AES-256-GCM-SHA384",
+                                                      "[ECDHE-ECDSA-CHACHA20-POLY1305|ECDHE-RSA-AES128-GCM-SHA256]"])])
+        self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_unknown_cipher_suite(self):
+        p = self.validate([tls_context("ciphers", hosts=["localhost"], cert_chain_file=C.server.cert_path,
+                                       private_key_file=C.server.key_path, alpn_protocols="h2",
+                                       cipher_suites=["ECDHE-ECDSA-AES128-GCM-SHA256", "NOT-A-CIPHER"])])
+        self.assertRefused(p, "ciphers", "cipher_suites", "NOT-A-CIPHER")
+
+    def test_cert_required_without_a_ca(self):
+        p = self.validate([tls_context("mtls", hosts=["localhost"], cert_chain_file=C.server.cert_path,
+                                       private_key_file=C.server.key_path, cert_required=True)])
+        self.assertRefused(p, "mtls", "cert_required", "CA")
+
     def test_key_that_does_not_match_its_certificate(self):
         p = self.validate([tls_context("mismatch", hosts=["localhost"], cert_chain_file=C.server.cert_path,
                                        private_key_file=C.other.key_path, alpn_protocols="h2")])
