@@ -12,6 +12,7 @@
 
 #define NU_FFI_OK 0
 #define NU_FFI_ERROR (-1)
+#define NU_FFI_AGAIN (-2) /* will complete later: yield, then call again */
 #define NU_FFI_DECLINED (-5)
 #define NU_FFI_BAD_CONTEXT (-101)
 
@@ -37,10 +38,13 @@ int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms);
 int nu_ffi_stream_get_upstream(struct stream *st, int *cluster, int *timeout_ms);
 int nu_ffi_stream_respond(struct stream *st, int status, int grpc_status, const char *body, size_t blen, const char *details, size_t dlen);
 int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t cap, size_t *blen);
+int nu_ffi_stream_body_wait(struct stream *st, int which, size_t *len);
+int nu_ffi_stream_body_copy(struct stream *st, int which, char *dst, size_t cap, size_t *n);
 int nu_ffi_log_write(int level, const char *msg, size_t len);
 int nu_ffi_test_stream_new(struct stream **out, int grpc);
 int nu_ffi_test_stream_set_phase(struct stream *st, int phase);
 int nu_ffi_test_stream_free(struct stream *st);
+int nu_ffi_test_stream_set_body(struct stream *st, int which, const char *data, size_t len);
 /* FFI-END */
 
 #endif

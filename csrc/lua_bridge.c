@@ -166,36 +166,17 @@ int lua_bridge_wants(struct worker *w, int phase)
     return w->lua_wants[phase];
 }
 
-int lua_bridge_run(struct worker *w, struct stream *st, int phase)
+/* Turns a finished (or yielded) phase into an lb_result, logging filter errors
+ * with the stream in the line. Results sit at co's stack from base + 1. */
+static int phase_result(struct stream *st, lua_State *co, int rc, int base)
 {
-    lua_State *L = w->L;
-    int top = lua_gettop(L);
-    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
-    lua_getfield(L, -1, phase_fn[phase]);
-    /* Phases return (code[, error]): code < 0 is a filter error the chain
-     * caught, with the filter's name and traceback in the message. */
-    lua_State *co = L;
-    int rc;
-    if (phase == LB_PHASE_LOG) {
-        /* The log phase never waits, so it skips the coroutine. */
-        lua_pushlightuserdata(L, st);
-        rc = lua_pcall(L, 1, 2, 0);
-    } else {
-        /* One coroutine per phase run, so a filter can later wait without blocking the loop. */
-        co = lua_newthread(L);
-        lua_pushvalue(L, -2);
-        lua_xmove(L, co, 1);
-        lua_pushlightuserdata(co, st);
-        rc = lua_resume(co, 1);
-    }
-    int result = LB_CONTINUE;
     const char *err = NULL;
-    if (rc == LUA_YIELD) {
-        err = "a filter yielded: waiting inside a filter is not supported yet";
-    } else if (rc != 0) {
+    int result = LB_CONTINUE;
+    if (rc == LUA_YIELD)
+        return LB_YIELDED;
+    if (rc != 0) {
         err = lua_tostring(co, -1);
     } else {
-        int base = co == L ? top + 1 : 0; /* on L the results sit above the runtime table */
         int code = (int)lua_tointeger(co, base + 1);
         if (code < 0)
             err = lua_tostring(co, base + 2);
@@ -207,8 +188,59 @@ int lua_bridge_run(struct worker *w, struct stream *st, int phase)
                err ? err : "filter error");
         result = NU_ERR_LUA;
     }
+    return result;
+}
+
+int lua_bridge_run(struct worker *w, struct stream *st, int phase)
+{
+    lua_State *L = w->L;
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    lua_getfield(L, -1, phase_fn[phase]);
+    int result;
+    if (phase == LB_PHASE_LOG) {
+        /* The log phase never waits, so it skips the coroutine. */
+        lua_pushlightuserdata(L, st);
+        int rc = lua_pcall(L, 1, 2, 0);
+        result = phase_result(st, L, rc, top + 1);
+    } else {
+        /* One coroutine per phase run, so a filter can wait without blocking the loop. */
+        lua_State *co = lua_newthread(L);
+        lua_pushvalue(L, -2);
+        lua_xmove(L, co, 1);
+        lua_pushlightuserdata(co, st);
+        int rc = lua_resume(co, 1);
+        result = phase_result(st, co, rc, 0);
+        if (result == LB_YIELDED)
+            st->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* keeps the coroutine alive (pops it) */
+    }
     lua_settop(L, top);
     return result;
+}
+
+int lua_bridge_resume(struct worker *w, struct stream *st)
+{
+    lua_State *L = w->L;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, st->co_ref);
+    lua_State *co = lua_tothread(L, -1);
+    int result = NU_ERR_LUA;
+    if (co) {
+        int rc = lua_resume(co, 0);
+        result = phase_result(st, co, rc, 0);
+    }
+    if (result != LB_YIELDED)
+        lua_bridge_release(w, st);
+    lua_settop(L, top);
+    return result;
+}
+
+void lua_bridge_release(struct worker *w, struct stream *st)
+{
+    if (st->co_ref) {
+        luaL_unref(w->L, LUA_REGISTRYINDEX, st->co_ref);
+        st->co_ref = 0;
+    }
 }
 
 void lua_bridge_close(struct lua_State *L)

@@ -19,6 +19,7 @@ enum lb_phase {
 enum lb_result {
     LB_CONTINUE = 0,
     LB_REPLIED = 1, /* a filter made a local reply */
+    LB_YIELDED = 2, /* a filter waits (for a body); lua_bridge_resume continues it */
 };
 
 struct lua_bridge_opts {
@@ -40,6 +41,10 @@ int lua_bridge_load_config(struct lua_State *L, const struct lua_bridge_opts *o,
 int lua_bridge_run(struct worker *w, struct stream *st, int phase);
 /* Gives the worker its VM (configured by lua_bridge_load_config). */
 void lua_bridge_attach(struct worker *w, struct lua_State *L);
+/* Continues the phase whose coroutine yielded; same results as lua_bridge_run. */
+int lua_bridge_resume(struct worker *w, struct stream *st);
+/* Drops a yielded coroutine that will never be resumed (the exchange ended). */
+void lua_bridge_release(struct worker *w, struct stream *st);
 /* Does any filter in the chain act in this phase? (Skips empty phases.) */
 int lua_bridge_wants(struct worker *w, int phase);
 void lua_bridge_close(struct lua_State *L);

@@ -217,6 +217,7 @@ static void finish(struct stream *st)
     if (st->flags & ST_F_LOGGED)
         return;
     stop_timer(st);
+    lua_bridge_release(st->w, st); /* a filter still waiting for a body will not be resumed */
     log_line(st, st->details);
     if (lua_bridge_wants(st->w, LB_PHASE_LOG))
         lua_bridge_run(st->w, st, LB_PHASE_LOG);
@@ -320,20 +321,14 @@ static void start_upstream(struct stream *st)
     maybe_start_timer(st);
 }
 
-static void d_on_headers(struct exchange *x)
+/* What the request phase decided, whether it finished at once or after waiting. */
+static void after_request_phase(struct stream *st, int rc)
 {
-    struct stream *st = st_of(x);
-    size_t n;
-    const char *ct = hdr_get(&x->req.hdrs, HDR_LIT("content-type"), &n);
-    if (ct && grpc_is_grpc_content_type(ct, n))
-        st->flags |= ST_F_GRPC;
-    if (add_forwarding_headers(st) != NU_OK) {
-        local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
-        return;
+    if (rc == LB_YIELDED) {
+        return; /* a filter waits for the body: d_on_end resumes it */
     }
-    st->lua_phase = LB_PHASE_REQUEST_HEADERS;
-    int rc = lua_bridge_run(st->w, st, LB_PHASE_REQUEST_HEADERS);
     st->lua_phase = -1;
+    st->flags &= ~ST_F_WAIT_BODY;
     if (rc == LB_REPLIED) {
         send_response_headers(st);
         return;
@@ -349,9 +344,45 @@ static void d_on_headers(struct exchange *x)
     start_upstream(st);
 }
 
+static void d_on_headers(struct exchange *x)
+{
+    struct stream *st = st_of(x);
+    size_t n;
+    const char *ct = hdr_get(&x->req.hdrs, HDR_LIT("content-type"), &n);
+    if (ct && grpc_is_grpc_content_type(ct, n))
+        st->flags |= ST_F_GRPC;
+    if (add_forwarding_headers(st) != NU_OK) {
+        local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
+        return;
+    }
+    st->lua_phase = LB_PHASE_REQUEST_HEADERS;
+    after_request_phase(st, lua_bridge_run(st->w, st, LB_PHASE_REQUEST_HEADERS));
+}
+
+/* A filter waits for a whole body: hold it (crediting the sender, so it can
+ * finish) up to the buffer limit, as Envoy's buffering filters do. */
+static int hold_body(struct stream *st, struct msg *m, const uint8_t *p, size_t n)
+{
+    if (m->body.bytes + n > STREAM_BODY_BUFFER_LIMIT) {
+        nu_log(NU_LOG_INFO, "[c%llu s%llu] body over %d bytes while a filter waits for it: 413",
+               (unsigned long long)st->conn_id, (unsigned long long)st->id, STREAM_BODY_BUFFER_LIMIT);
+        lua_bridge_release(st->w, st);
+        st->flags &= ~ST_F_WAIT_BODY;
+        st->lua_phase = -1;
+        local_reply(st, 413, -1, "Payload Too Large", "request_payload_too_large");
+        return NU_ERR_LIMIT;
+    }
+    return chunkq_append(&m->body, p, n);
+}
+
 static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
 {
     struct stream *st = st_of(x);
+    if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 0) {
+        hold_body(st, &x->req, p, n);
+        x->down.ops->consume(x, n);
+        return;
+    }
     if (!x->up.ops) {
         /* Nobody will forward these bytes (local reply, or the upstream is gone): drop them. */
         x->down.ops->consume(x, n);
@@ -368,6 +399,11 @@ static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
 static void d_on_end(struct exchange *x)
 {
     struct stream *st = st_of(x);
+    if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 0) {
+        st->flags &= ~ST_F_WAIT_BODY;
+        after_request_phase(st, lua_bridge_resume(st->w, st));
+        return;
+    }
     if (x->up.ops)
         x->up.ops->resume(x);
     maybe_start_timer(st);
@@ -394,33 +430,50 @@ static void d_on_close(struct exchange *x, uint32_t h2_error, int reason, const 
     finish(st);
 }
 
+/* What the response phase decided, at once or after waiting for the body. */
+static void after_response_phase(struct stream *st, int rc)
+{
+    struct exchange *x = &st->x;
+    if (rc == LB_YIELDED)
+        return; /* u_on_end resumes it */
+    st->lua_phase = -1;
+    st->flags &= ~ST_F_WAIT_BODY;
+    if (rc == LB_REPLIED) {
+        if (x->up.ops)
+            x->up.ops->reset(x, NGHTTP2_CANCEL);
+        send_response_headers(st);
+        return;
+    }
+    if (rc != LB_CONTINUE) {
+        local_reply(st, 500, GRPC_INTERNAL, "filter error", "lua_filter_error");
+        return;
+    }
+    send_response_headers(st);
+}
+
 static void u_on_headers(struct exchange *x)
 {
     struct stream *st = st_of(x);
-    if (!x->down.ops) {
+    if (!x->down.ops)
+        return;
+    if (!lua_bridge_wants(st->w, LB_PHASE_RESPONSE_HEADERS)) {
+        send_response_headers(st);
         return;
     }
-    if (lua_bridge_wants(st->w, LB_PHASE_RESPONSE_HEADERS)) {
-        st->lua_phase = LB_PHASE_RESPONSE_HEADERS;
-        int rc = lua_bridge_run(st->w, st, LB_PHASE_RESPONSE_HEADERS);
-        st->lua_phase = -1;
-        if (rc == LB_REPLIED) {
-            if (x->up.ops)
-                x->up.ops->reset(x, NGHTTP2_CANCEL);
-            send_response_headers(st);
-            return;
-        }
-        if (rc != LB_CONTINUE) {
-            local_reply(st, 500, GRPC_INTERNAL, "filter error", "lua_filter_error");
-            return;
-        }
-    }
-    send_response_headers(st);
+    st->lua_phase = LB_PHASE_RESPONSE_HEADERS;
+    after_response_phase(st, lua_bridge_run(st->w, st, LB_PHASE_RESPONSE_HEADERS));
 }
 
 static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
 {
     struct stream *st = st_of(x);
+    if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 1) {
+        /* Held for a filter; the client sees it once the filter is done. */
+        hold_body(st, &x->resp, p, n);
+        if (x->up.ops)
+            x->up.ops->consume(x, n);
+        return;
+    }
     if (!x->down.ops || (st->flags & ST_F_REPLIED)) {
         x->up.ops->consume(x, n);
         return;
@@ -438,6 +491,12 @@ static void u_on_end(struct exchange *x)
 {
     struct stream *st = st_of(x);
     stop_timer(st);
+    if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 1) {
+        st->flags &= ~ST_F_WAIT_BODY;
+        after_response_phase(st, lua_bridge_resume(st->w, st));
+        if (!x->down.ops || (st->flags & ST_F_REPLIED))
+            return;
+    }
     if (!x->down.ops || (st->flags & ST_F_REPLIED))
         return;
     if (x->resp.trailers.n && lua_bridge_wants(st->w, LB_PHASE_RESPONSE_TRAILERS)) {

@@ -33,6 +33,7 @@ enum stream_flags {
     ST_F_SECURE = 1 << 9,        /* requests count as secure (TLS, or the listener says so) */
     ST_F_TRUST_XFP = 1 << 10,    /* a client's x-forwarded-proto decides (l7Depth > 0) */
     ST_F_TLS = 1 << 11,          /* the downstream connection is TLS */
+    ST_F_WAIT_BODY = 1 << 12,    /* a filter phase waits for the whole body of wait_msg */
 };
 
 struct stream {
@@ -51,7 +52,13 @@ struct stream {
     char *details; /* why a local reply was made (Envoy's response code details) */
     ev_timer timer;
     ev_tstamp started;
+    int co_ref;   /* registry ref of a phase coroutine that yielded (0: none) */
+    int wait_msg; /* with ST_F_WAIT_BODY: 0 request body, 1 response body */
 };
+
+/* Bytes a filter may make the proxy hold while it waits for a whole body
+ * (Envoy's default per-connection buffer limit). Above it: 413. */
+#define STREAM_BODY_BUFFER_LIMIT (1024 * 1024)
 
 /* h2s_open_fn: creates the exchange for a new downstream stream on conn c. */
 struct exchange *stream_open(void *worker, struct conn *c);

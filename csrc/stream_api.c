@@ -171,6 +171,46 @@ int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t c
     return NU_FFI_OK;
 }
 
+static struct msg *msg_of(struct stream *st, int which)
+{
+    return which == 0 ? &st->x.req : which == 1 ? &st->x.resp : NULL;
+}
+
+int nu_ffi_stream_body_wait(struct stream *st, int which, size_t *len)
+{
+    struct msg *m = msg_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    int phase = which == 0 ? LB_PHASE_REQUEST_HEADERS : LB_PHASE_RESPONSE_HEADERS;
+    if (st->lua_phase != phase || !stream_is_alive(st))
+        return NU_FFI_BAD_CONTEXT;
+    if (m->end || (st->flags & ST_F_TEST)) {
+        *len = m->body.bytes;
+        return NU_FFI_OK;
+    }
+    /* The stream resumes the phase's coroutine when the body has ended. */
+    st->flags |= ST_F_WAIT_BODY;
+    st->wait_msg = which;
+    return NU_FFI_AGAIN;
+}
+
+int nu_ffi_stream_body_copy(struct stream *st, int which, char *dst, size_t cap, size_t *n)
+{
+    struct msg *m = msg_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    size_t k = 0;
+    for (struct chunk *c = m->body.head; c && k < cap; c = c->next) {
+        size_t len = c->len - c->off;
+        if (len > cap - k)
+            len = cap - k;
+        memcpy(dst + k, c->data + c->off, len);
+        k += len;
+    }
+    *n = k;
+    return NU_FFI_OK;
+}
+
 int nu_ffi_log_write(int level, const char *msg, size_t len)
 {
     if (level < NU_LOG_DEBUG || level > NU_LOG_ERROR)
@@ -195,6 +235,18 @@ int nu_ffi_test_stream_set_phase(struct stream *st, int phase)
         /* In specs the "upstream" response is whatever the spec put in the map. */
         st->flags |= ST_F_PROXYING;
     }
+    return NU_FFI_OK;
+}
+
+int nu_ffi_test_stream_set_body(struct stream *st, int which, const char *data, size_t len)
+{
+    struct msg *m = msg_of(st, which);
+    if (!(st->flags & ST_F_TEST) || !m)
+        return NU_FFI_BAD_CONTEXT;
+    chunkq_clear(&m->body);
+    if (chunkq_append(&m->body, (const uint8_t *)data, len) != NU_OK)
+        return NU_FFI_ERROR;
+    m->end = 1;
     return NU_FFI_OK;
 }
 

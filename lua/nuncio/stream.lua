@@ -12,7 +12,8 @@ local str_out, len_out, int_out = nffi.str_out, nffi.len_out, nffi.int_out
 local setmetatable, tostring, tonumber, type, error, pairs = setmetatable, tostring, tonumber, type, error, pairs
 local string_format, string_byte = string.format, string.byte
 
-local OK, DECLINED, BAD_CONTEXT = nffi.OK, nffi.DECLINED, nffi.BAD_CONTEXT
+local OK, DECLINED, BAD_CONTEXT, AGAIN = nffi.OK, nffi.DECLINED, nffi.BAD_CONTEXT, nffi.AGAIN
+local ffi_new, coroutine_yield = ffi.new, coroutine.yield
 
 local M = {}
 
@@ -214,6 +215,37 @@ function Stream:respond(status, body, headers, details, grpc_status)
 end
 
 function Stream:replied() return self._replied == true end
+
+--- The whole body of the message this phase is about (the request in the
+--- request phase, the response in the response phase), as a string. The
+--- filter waits for it without blocking the proxy: the exchange goes on once
+--- the body has ended. Bodies over the buffer limit (1 MiB) end the exchange
+--- with 413 and this call never returns.
+function Stream:read_body(which)
+  local st = sptr(self)
+  local info = nffi.info
+  if which == nil then
+    C.nu_ffi_stream_info(st, info)
+    which = info.phase == nffi.PHASE_RESPONSE_HEADERS and 1 or 0
+  end
+  while true do
+    local rc = C.nu_ffi_stream_body_wait(st, which, len_out)
+    if rc == OK then break end
+    if rc == AGAIN then
+      coroutine_yield()
+      st = sptr(self)
+    elseif rc == BAD_CONTEXT then
+      error("read_body: the body can only be read in the request or response headers phase", 2)
+    else
+      return nil, "read_body failed"
+    end
+  end
+  local n = tonumber(len_out[0])
+  if n == 0 then return "" end
+  local buf = ffi_new("char[?]", n)
+  C.nu_ffi_stream_body_copy(st, which, buf, n, len_out)
+  return ffi_string(buf, len_out[0])
+end
 
 --- The upstream the router chose: cluster index (0-based, as C has it) and timeout.
 function Stream:upstream()

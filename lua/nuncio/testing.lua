@@ -75,7 +75,7 @@ end
 local Result = {}
 Result.__index = Result
 
---- chain:request{ method?, path?, authority?, scheme?, headers?, grpc?, secure? } -> result
+--- chain:request{ method?, path?, authority?, scheme?, headers?, body?, grpc? } -> result
 --- result fields: route, cluster (model cluster table), path, authority, headers
 --- (request headers as the upstream would get them), reply ({status, body,
 --- headers, grpc_status, grpc_message} when a local reply was made), error.
@@ -98,6 +98,9 @@ function M.TestChain:request(req)
     if not (req.headers and req.headers["te"]) then rq:add("te", "trailers") end
   end
   add_headers(s, rq, req.headers)
+  if req.body then
+    assert(C.nu_ffi_test_stream_set_body(st, 0, req.body, #req.body) == OK, "out of memory")
+  end
 
   local rc, err = self.chain:request_headers(s)
   local r = setmetatable({ stream = s, _st = st, _chain = self }, Result)
@@ -138,7 +141,7 @@ function M.reply_of(s, st)
   }
 end
 
---- result:respond_upstream{ status = 200, headers = {...}, trailers = {...} }
+--- result:respond_upstream{ status = 200, headers = {...}, body = "...", trailers = {...} }
 --- runs the response phases as if the upstream had answered; returns
 --- { headers = ..., trailers = ..., error = ... } as the client would get them.
 function Result:respond_upstream(resp)
@@ -148,6 +151,9 @@ function Result:respond_upstream(resp)
   s.response:add(":status", tostring(resp.status or 200))
   add_headers(s, s.response, resp.headers)
   add_headers(s, s.trailers, resp.trailers)
+  if resp.body then
+    assert(C.nu_ffi_test_stream_set_body(st, 1, resp.body, #resp.body) == OK, "out of memory")
+  end
   local out = {}
   local rc, err = self._chain.chain:response_headers(s)
   if rc < 0 then out.error = err end

@@ -103,3 +103,40 @@ describe("nuncio.stream", function()
     assert.has_error(function() s:respond("200") end, "respond: status must be a number")
   end)
 end)
+
+describe("nuncio.stream read_body", function()
+  local testing = require("nuncio.testing")
+  local YAML = [[
+apiVersion: getambassador.io/v3alpha1
+kind: Mapping
+metadata: {name: m}
+spec: {hostname: "*", prefix: /, service: up:1}
+]]
+
+  it("gives a filter the whole request body, and the response body in the response phase", function()
+    local seen = {}
+    local f = { name = "body", module = { new = function() return {
+      on_request_headers = function(_, s)
+        seen.req = s:read_body()
+        if seen.req:find("forbidden", 1, true) then s:respond(403, "no") end
+      end,
+      on_response_headers = function(_, s) seen.resp = s:read_body() end,
+    } end } }
+    local chain = testing.chain({ ambassador = YAML, filters = { f } })
+    local r = chain:request({ method = "POST", path = "/x", body = "hello body" })
+    assert.are.equal("hello body", seen.req)
+    assert.is_nil(r.reply)
+    r:respond_upstream({ status = 200, body = "response bytes" })
+    assert.are.equal("response bytes", seen.resp)
+    local denied = chain:request({ method = "POST", path = "/x", body = "a forbidden word" })
+    assert.are.equal(403, denied.reply.status)
+  end)
+
+  it("reads an empty body as an empty string", function()
+    local got
+    local f = { name = "b", module = { new = function() return {
+      on_request_headers = function(_, s) got = s:read_body() end } end } }
+    testing.chain({ ambassador = YAML, filters = { f } }):request({ path = "/" })
+    assert.are.equal("", got)
+  end)
+end)
