@@ -43,6 +43,15 @@ foreach(suite 01-unit 02-core 03-filters)
   endif()
 endforeach()
 
+# The user-filter example's own spec, run the way its README tells users to,
+# and its configuration validated by the real binary.
+add_test(NAME busted.example-custom-filter
+  COMMAND ${LUAJIT_BIN} ${BUSTED_BIN} --helper=spec/helper.lua -o utfTerminal examples/custom-filter/spec
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(busted.example-custom-filter PROPERTIES ENVIRONMENT "${NUNCIO_TEST_ENV};${NUNCIO_LUAJIT_ENV}")
+add_test(NAME example.custom-filter.config COMMAND nuncio -t -c ${CMAKE_SOURCE_DIR}/examples/custom-filter/nuncio.yaml)
+set_tests_properties(example.custom-filter.config PROPERTIES ENVIRONMENT "${NUNCIO_TEST_ENV}")
+
 # Integration: the real binary on free ports with real gRPC peers.
 file(GLOB NUNCIO_IT_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/spec/04-integration/test_*.py)
 foreach(src ${NUNCIO_IT_TESTS})
