@@ -10,7 +10,7 @@
 --       recursively, every *.yaml / *.yml, in sorted order
 --   amb.load_text(text, filename, opts)  -> resources | nil, errs, warns
 --   amb.build_model(resources, opts)     -> model_part | nil, errs, warns
---       model_part = { listeners, hosts, clusters, routes, module, tls_contexts }
+--       model_part = { listeners, hosts, clusters, routes, module, http, tls_contexts }
 --       (docs/internals.md §2 and §6)
 --   amb.hostglob_matches(glob_a, glob_b) -> boolean
 --
@@ -35,6 +35,7 @@ local check = require("nuncio.ambassador.check")
 local mapping = require("nuncio.ambassador.mapping")
 local kinds = require("nuncio.ambassador.kinds")
 local tls = require("nuncio.ambassador.tls")
+local route_order = require("nuncio.ambassador.order")
 
 local type = type
 local ipairs = ipairs
@@ -50,6 +51,7 @@ local NULL = yaml.null
 local M = {}
 
 M.hostglob_matches = mapping.hostglob_matches
+M.default_http = kinds.default_http
 
 local ANNOTATION = "getambassador.io/config"
 local MAX_NESTING = 8 -- lists of lists of Services...: enough for real files, bounded for hostile ones
@@ -124,6 +126,7 @@ local function add_resource(st, doc, src, api)
     note = src.note,
     legacy = legacy_api(api),
     doc = doc,
+    text = src.text, -- the file's text (nil inside an annotation): block scalars map to file lines
   }
   res.line = check.line_of(res, doc)
   res.source = res.file .. ":" .. res.line
@@ -468,6 +471,10 @@ local function route_of(rec)
   for i, h in ipairs(rec.headers) do
     headers[i] = { name = h.name, value = h.value, regex = h.regex }
   end
+  local query = {}
+  for i, q in ipairs(rec.query) do
+    query[i] = { name = q.name, value = q.value, regex = q.regex }
+  end
   return {
     name = rec.name,
     namespace = rec.namespace,
@@ -481,11 +488,18 @@ local function route_of(rec)
     method = rec.method,
     method_regex = rec.method_regex,
     headers = headers,
+    query = query,
     precedence = rec.precedence,
+    weight = rec.weight,
     grpc = rec.grpc,
     cluster = rec.cluster,
     timeout_ms = rec.timeout_ms,
     hosts = rec.hosts,
+    host_rewrite = rec.host_rewrite,
+    request_headers_to_add = rec.request_headers_to_add,
+    response_headers_to_add = rec.response_headers_to_add,
+    request_headers_to_remove = rec.request_headers_to_remove,
+    response_headers_to_remove = rec.response_headers_to_remove,
   }
 end
 
@@ -511,18 +525,82 @@ local function attach(rep, recs, hosts)
   end
 end
 
--- Emissary splits traffic between Mappings with identical matches; nuncio
--- has no weights yet, so say which one wins instead of staying silent.
-local function warn_canaries(rep, recs)
-  local first = {}
-  for _, rec in ipairs(recs) do
-    local f = first[rec.group_key]
-    if f then
-      rep:warning(rec.res, nil, string_format("same match as Mapping %s (%s): Emissary would split traffic "
-        .. "between them; nuncio sends all of it to the one tried first (weights are not implemented yet)",
-        f.name, f.source))
-    else
-      first[rec.group_key] = rec
+-- Canary groups (behaviour notes §1.8, §1.9): Mappings with identical matches split the
+-- traffic by weight (nuncio.router draws; here bad weights are reported with their line),
+-- and Emissary builds the group's header rewrites from all its Mappings: the add_* lists
+-- merged (a later Mapping's value for a name wins), remove_* from the last Mapping that has
+-- one. routes[i] is the route of recs[i].
+local function merge_adds(members, key)
+  local out, pos = {}, {}
+  for _, route in ipairs(members) do
+    for _, h in ipairs(route[key] or {}) do
+      local at = pos[h.name]
+      if at then
+        out[at] = h
+      else
+        out[#out + 1] = h
+        pos[h.name] = #out
+      end
+    end
+  end
+  return #out > 0 and out or nil
+end
+
+local function canary_groups(rep, recs, routes)
+  local groups, order = {}, {}
+  for i, rec in ipairs(recs) do
+    local key = route_order.group_key(routes[i])
+    local g = groups[key]
+    if not g then
+      g = {}
+      groups[key] = g
+      order[#order + 1] = key
+    end
+    g[#g + 1] = i
+  end
+  for _, key in ipairs(order) do
+    local g = groups[key]
+    if #g > 1 then
+      table_sort(g, function(a, b) return recs[a].index < recs[b].index end)
+      local weights, members = {}, {}
+      for j, i in ipairs(g) do
+        weights[j] = recs[i].weight or false
+        members[j] = routes[i]
+      end
+      local list, cums, msg = route_order.canary_weights(weights, #g)
+      if not list then
+        local res = recs[g[cums]].res
+        rep:error(res, "weight", msg, res.spec, "weight")
+      else
+        local total, weightless, names = 0, false, {}
+        for j, i in ipairs(g) do
+          names[j] = recs[i].name
+          if weights[j] then
+            total = cums[j] > total and cums[j] or total
+          else
+            weightless = true
+          end
+        end
+        if not weightless and total < 100 then
+          local res = recs[g[#g]].res
+          rep:warning(res, "weight", string_format("the Mappings with this match (%s) have weights adding up to "
+            .. "%d: %d%% of their requests match none of them and go on to the next route",
+            table.concat(names, ", "), total, 100 - total), res.spec, "weight")
+        end
+        local add_req = merge_adds(members, "request_headers_to_add")
+        local add_resp = merge_adds(members, "response_headers_to_add")
+        local rm_req, rm_resp
+        for _, route in ipairs(members) do
+          rm_req = route.request_headers_to_remove or rm_req
+          rm_resp = route.response_headers_to_remove or rm_resp
+        end
+        for _, route in ipairs(members) do
+          route.request_headers_to_add = add_req
+          route.response_headers_to_add = add_resp
+          route.request_headers_to_remove = rm_req
+          route.response_headers_to_remove = rm_resp
+        end
+      end
     end
   end
 end
@@ -686,6 +764,8 @@ function M.build_model(resources, opts)
     default_timeout_ms = settings.default_timeout_ms,
     ambassador_namespace = amb_ns,
     use_ambassador_namespace = settings.use_ambassador_namespace,
+    defaults = settings.defaults,
+    add_linkerd_headers = settings.add_linkerd_headers,
   }
   local recs = {}
   for _, res in ipairs(by_kind.Mapping) do
@@ -709,11 +789,14 @@ function M.build_model(resources, opts)
   local clusters = build_clusters(rep, recs)
   attach(rep, recs, hosts)
   table_sort(recs, mapping.before)
-  warn_canaries(rep, recs)
 
   local routes = {}
   for i, rec in ipairs(recs) do
     routes[i] = route_of(rec)
+  end
+  canary_groups(rep, recs, routes)
+  if #rep.errs > 0 then
+    return nil, by_position(rep.errs), by_position(rep.warns)
   end
   return {
     listeners = listeners,
@@ -721,6 +804,7 @@ function M.build_model(resources, opts)
     clusters = clusters,
     routes = routes,
     module = module,
+    http = settings.http,
     tls_contexts = tls_contexts,
   }, rep.errs, by_position(rep.warns)
 end

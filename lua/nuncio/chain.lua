@@ -1,12 +1,23 @@
--- The filter chain: the user's native filters in configured order, then the
--- router (terminal, like Envoy's router filter). Every filter call is guarded:
--- an error becomes a 500 (gRPC: INTERNAL) for that request only, logged with
--- the filter's name and the Lua traceback.
+-- The filter chain, in Envoy's order (behaviour notes §5.3):
+--   1. what Envoy's connection manager does before any filter (model.http, from the
+--      Module): reject escaped slashes (400), merge slashes, x-request-id;
+--   2. bundled filters the Module asks for: strip_host_port (strip_matching_host_port),
+--      then envoy_scripts (lua_scripts);
+--   3. the user's native filters in configured order;
+--   4. the router (terminal, like Envoy's router filter): route, the route's header
+--      rewrites, host and path rewrite, upstream.
+-- Responses: the route's response header rewrites, then the filters in reverse order, then
+-- the `server` header (Module server_name). Every filter call is guarded: an error becomes
+-- a 500 (gRPC: INTERNAL) for that request only, logged with the filter's name and the Lua
+-- traceback.
 local router_mod = require("nuncio.router")
+local header_rewrite = require("nuncio.header_rewrite")
 
-local xpcall, pcall, require, type, tostring = xpcall, pcall, require, type, tostring
+local xpcall, pcall, require, type, tostring, tonumber = xpcall, pcall, require, type, tostring, tonumber
 local traceback = debug.traceback
 local string_format = string.format
+local find, sub, gsub = string.find, string.sub, string.gsub
+local request_id = header_rewrite.request_id
 
 local M = {}
 
@@ -58,6 +69,37 @@ local function instantiate(entry)
   return { name = name, inst = inst }
 end
 
+-- The bundled filters the Module switches on, ahead of the user's chain.
+local function bundled_entries(http)
+  local list = {}
+  if http.strip_matching_host_port then
+    list[#list + 1] = { name = "strip_host_port", config = {},
+      source = "(Module ambassador: strip_matching_host_port)" }
+  end
+  local ls = http.lua_scripts
+  if ls then
+    list[#list + 1] = { name = "envoy_scripts", config = { code = ls.code, name = "lua_scripts", fail_closed = false },
+      source = ls.source, lua_scripts = ls }
+  end
+  return list
+end
+
+-- The Module's lua_scripts could not start (envoy_scripts' new() raised): a config error
+-- naming the Module's file:line and field, at the script's own line when the file shows it.
+local function script_error(ls, err)
+  local msg = gsub(tostring(err), "^filter [^:]+: new%(%) failed: ", "")
+  msg = gsub(msg, "^[^%s:]+%.lua:%d+: ", "") -- a position inside the filter means nothing here
+  msg = gsub(msg, "^lua_scripts: ", "")
+  local n, rest = msg:match("^lua_scripts:(%d+): (.*)$")
+  if n and ls.first_line and ls.file then
+    return string_format("%s:%d: Module %s: config.lua_scripts: line %s of the script: %s", ls.file,
+      ls.first_line + tonumber(n) - 1, tostring(ls.module or "ambassador"), n, rest)
+  elseif n then
+    return string_format("%s: line %s of the script: %s", ls.where, n, rest)
+  end
+  return ls.where .. ": " .. msg
+end
+
 --- chain.new(model[, router]) -> chain | nil, errs
 function M.new(model, router)
   local errs = {}
@@ -66,17 +108,40 @@ function M.new(model, router)
     router, err = router_mod.new(model)
     if not router then errs[#errs + 1] = tostring(err) end
   end
+  local http = model.http or {}
   local filters = {}
-  for _, entry in ipairs(model.chain or {}) do
+  local entries = bundled_entries(http)
+  for _, entry in ipairs(model.chain or {}) do entries[#entries + 1] = entry end
+  for _, entry in ipairs(entries) do
     local f, err = instantiate(entry)
     if f then
       filters[#filters + 1] = f
+    elseif entry.lua_scripts then
+      errs[#errs + 1] = script_error(entry.lua_scripts, err)
     else
       errs[#errs + 1] = (entry.source and (entry.source .. ": ") or "") .. err
     end
   end
   if #errs > 0 then return nil, errs end
-  local self = setmetatable({ model = model, router = router, filters = filters }, Chain)
+
+  -- Header rewrites, compiled once per route.
+  local rewrites, any_response_rewrite = {}, false
+  for _, route in ipairs(model.routes or {}) do
+    local rw = header_rewrite.compile(route, model)
+    if rw then
+      rewrites[route] = rw
+      any_response_rewrite = any_response_rewrite or rw.response
+    end
+  end
+
+  local self = setmetatable({ model = model, router = router, filters = filters, rewrites = rewrites }, Chain)
+  self.escaped_slashes = http.reject_requests_with_escaped_slashes == true
+  self.merge_slashes = http.merge_slashes == true
+  self.preserve_request_id = http.preserve_external_request_id == true
+  local server_name = http.server_name
+  self.server_name = type(server_name) == "string" and server_name ~= "" and server_name or nil
+  header_rewrite.seed() -- request ids and canary draws must differ between workers and runs
+
   local function any(method)
     for _, f in ipairs(filters) do
       if type(f.inst[method]) == "function" then return true end
@@ -86,7 +151,7 @@ function M.new(model, router)
   -- The log phase always runs: it also releases the exchange's Lua object.
   self.wants = {
     request_headers = true,
-    response_headers = any("on_response_headers"),
+    response_headers = any("on_response_headers") or any_response_rewrite or self.server_name ~= nil,
     response_trailers = any("on_response_trailers"),
     log = true,
   }
@@ -119,25 +184,71 @@ local function no_route(s, why)
   return 1
 end
 
---- Request headers: filters in order, then the router. Returns 0 (proxy) or
---- 1 (a local reply was made), or -1 and the error text.
+-- Envoy's connection manager, before any filter (ConnectionUtility::maybeNormalizePath):
+-- escaped slashes ("%2F", "%5C" in the path, not the query) -> 400 with
+-- reject_requests_with_escaped_slashes; runs of "/" merged with merge_slashes (the upstream
+-- gets the merged path too). Returns true when it replied.
+local function normalize_path(self, s)
+  local rq = s.request
+  local path = rq:get(":path")
+  if not path then return false end
+  local q = find(path, "?", 1, true)
+  local p = q and sub(path, 1, q - 1) or path
+  if self.escaped_slashes and find(p, "%", 1, true) and (find(p, "%%2[fF]") or find(p, "%%5[cC]")) then
+    s:respond(400, "", nil, "path_has_escaped_slashes")
+    return true
+  end
+  if self.merge_slashes and find(p, "//", 1, true) then
+    rq:set(":path", (gsub(p, "/+", "/")) .. (q and sub(path, q) or ""))
+  end
+  return false
+end
+
+-- A local reply gets the server header too (Envoy adds it to every response it encodes).
+local function replied(self, s)
+  if self.server_name then
+    pcall(s.response.set, s.response, "server", self.server_name)
+  end
+  return 1
+end
+
+--- Request headers: connection-manager steps, filters in order, then the router. Returns 0
+--- (proxy) or 1 (a local reply was made), or -1 and the error text.
 function Chain:request_headers(s)
+  if self.escaped_slashes or self.merge_slashes then
+    if normalize_path(self, s) then return replied(self, s) end
+  end
+  -- x-request-id as Envoy sets it at the edge: a new UUID v4 unless the client's is kept
+  -- (Module preserve_external_request_id) and present.
+  local rq = s.request
+  if not (self.preserve_request_id and rq:get("x-request-id")) then
+    rq:set("x-request-id", request_id())
+  end
+
   local filters = self.filters
   for i = 1, #filters do
     local ok, err = call(filters[i], "on_request_headers", s)
     if not ok then return -1, err end
-    if s._replied then return 1 end
+    if s._replied then return replied(self, s) end
   end
   local route, why = s:route()
-  if not route then return no_route(s, why) end
+  if not route then
+    no_route(s, why)
+    return replied(self, s)
+  end
+  local rw = self.rewrites[route]
+  if rw and rw.request then
+    -- Envoy's finalizeRequestHeaders: the route's header rewrites, then host_rewrite
+    header_rewrite.apply_request(rw, s)
+  end
   local path = s:path() or "/"
   local new_path = router_mod.rewrite(route, path)
   if new_path ~= path then
     -- Envoy keeps the client's path for the upstream's logs.
-    s.request:set("x-envoy-original-path", path)
-    s.request:set(":path", new_path)
-    s._route = route -- the router already decided; the rewrite must not re-route
+    rq:set("x-envoy-original-path", path)
+    rq:set(":path", new_path)
   end
+  s._route = route -- the router already decided; the rewrites must not re-route
   s:set_upstream(route.cluster - 1, route.timeout_ms or 0)
   return 0
 end
@@ -153,7 +264,23 @@ local function reverse_phase(self, method, s)
   return 0
 end
 
-function Chain:response_headers(s) return reverse_phase(self, "on_response_headers", s) end
+--- Response headers: the route's response rewrites first (Envoy's router is the first
+--- encoder), then the filters in reverse order, then the server header (the connection
+--- manager sets it last).
+function Chain:response_headers(s)
+  local route = s._route
+  if route then
+    local rw = self.rewrites[route]
+    if rw and rw.response then
+      header_rewrite.apply_response(rw, s)
+    end
+  end
+  local rc, err = reverse_phase(self, "on_response_headers", s)
+  if rc >= 0 and self.server_name then
+    pcall(s.response.set, s.response, "server", self.server_name)
+  end
+  return rc, err
+end
 function Chain:response_trailers(s) return reverse_phase(self, "on_response_trailers", s) end
 
 function Chain:log(s)

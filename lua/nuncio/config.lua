@@ -271,6 +271,7 @@ function M.defaults()
     clusters = {},
     routes = {},
     module = {},
+    http = ambassador.default_http(),
     tls_contexts = {},
   }
 end
@@ -317,6 +318,7 @@ function M.load(args)
   model.clusters = part.clusters
   model.routes = part.routes
   model.module = part.module
+  model.http = part.http
   model.tls_contexts = part.tls_contexts
   return model, errs, warns
 end

@@ -6,11 +6,13 @@
 --   local path = router.rewrite(route, req.path)
 --
 -- Everything that can be decided from the config is decided in new(): routes are sorted,
--- hostnames lowercased, regexes compiled and each virtual host gets its own array of
--- candidate routes. match() then only compares strings: it creates no tables, so the
--- per-request cost is a few string comparisons per candidate route.
+-- canary groups formed and their cumulative weights computed, hostnames lowercased, regexes
+-- compiled and each virtual host gets its own array of candidate routes. match() then only
+-- compares strings: it creates no tables, so the per-request cost is a few string
+-- comparisons per candidate route (plus one random draw when a canary group is reached).
 
 local regex = require("nuncio.regex")
+local order = require("nuncio.ambassador.order")
 
 local lower = string.lower
 local sub = string.sub
@@ -23,6 +25,7 @@ local pairs = pairs
 local tostring = tostring
 local setmetatable = setmetatable
 local error = error
+local random = math.random
 
 local _M = {}
 
@@ -38,60 +41,12 @@ local HDR_EXACT, HDR_REGEX, HDR_PRESENT = 1, 2, 3
 local ACTIONS = { Route = true, Redirect = true, Reject = true }
 
 ---------------------------------------------------------------------------------------------
--- Route weight (Emissary ir/irhttpmapping.py _route_weight, ir/ir.py ordered_groups)
+-- Route order and canary groups (nuncio.ambassador.order: the loader shares them)
 ---------------------------------------------------------------------------------------------
 
--- One header constraint's share of the weight. Emissary's KeyValueDecorator uses
--- `value or "*"`, so a presence match (value true, stored as None) and an empty value both
--- count as "*"; a regex costs one more.
-local function header_weight(name, value, is_regex)
-  if value == true or value == nil or value == "" then
-    value = "*"
-  else
-    value = tostring(value)
-  end
-  return #name + #value + (is_regex and 1 or 0), name .. "-" .. value
-end
-
--- route_weight(route) -> { precedence, #prefix, Σheader lengths, prefix, method, keys... }
---
--- Header keys follow the model's headers array; Emissary's own list is exact and presence
--- headers, then regex_headers, so config.load should keep that order. Then comes the
--- :authority constraint Emissary synthesizes from
--- hostname/host (even hostname "*", which Envoy then drops from the matcher), then :method.
--- Query parameters are not in the model, so their two slots are left out: they would be 0
--- and empty for every route and cannot change the order. A missing method counts as "GET".
-function _M.route_weight(route)
-  local sum = 0
-  local keys = {}
-  local headers = route.headers
-  if headers then
-    for i = 1, #headers do
-      local h = headers[i]
-      local len, key = header_weight(h.name, h.value, h.value ~= true and h.regex)
-      sum = sum + len
-      keys[#keys + 1] = key
-    end
-  end
-  local host = route.host
-  if host and host.value and host.value ~= "" then
-    local len, key = header_weight(":authority", host.value, host.kind == "regex")
-    sum = sum + len
-    keys[#keys + 1] = key
-  end
-  if route.method then
-    local len, key = header_weight(":method", route.method, route.method_regex)
-    sum = sum + len
-    keys[#keys + 1] = key
-  end
-
-  local prefix = route.prefix or ""
-  local w = { route.precedence or 0, #prefix, sum, prefix, route.method or "GET" }
-  for i = 1, #keys do
-    w[#w + 1] = keys[i]
-  end
-  return w
-end
+_M.route_weight = order.route_weight
+_M.group_key = order.group_key
+_M.canary_weights = order.canary_weights
 
 -- Python list comparison, descending; equal weights keep the model's order (Emissary's
 -- sorted(..., reverse=True) is stable too). Each position holds the same type in every
@@ -105,8 +60,9 @@ local function evaluated_before(a, b)
       return x > y
     end
   end
-  -- Python would rank a list that extends an equal one higher, but that cannot happen
-  -- here: an extra header key would also have made Σ (position 3) larger.
+  if na ~= nb then
+    return na > nb -- Python ranks a list that extends an equal one higher
+  end
   return a.index < b.index
 end
 
@@ -195,6 +151,37 @@ local function compile_headers(c, route)
   return true
 end
 
+-- query_parameters / regex_query_parameters (Envoy QueryParameterMatcher): names compare
+-- exactly, values as sent (not percent-decoded), presence for value true.
+local function compile_query(c, route)
+  local query = route.query
+  if not query or #query == 0 then
+    return true
+  end
+  local out = {}
+  for i = 1, #query do
+    local q = query[i]
+    if type(q.name) ~= "string" then
+      return nil, route_error(route, "query_parameters", "parameter name must be a string")
+    end
+    local m = { name = q.name }
+    if q.value == true then
+      m.kind = HDR_PRESENT
+    elseif q.regex then
+      local re, err = compile_regex(route, "regex_query_parameters", q.value)
+      if not re then
+        return nil, err
+      end
+      m.kind, m.re = HDR_REGEX, re
+    else
+      m.kind, m.value = HDR_EXACT, tostring(q.value)
+    end
+    out[i] = m
+  end
+  c.query = out
+  return true
+end
+
 -- compile_route(route, index) -> the record match() walks, or nil, err
 local function compile_route(route, index)
   if type(route) ~= "table" then
@@ -255,6 +242,11 @@ local function compile_route(route, index)
   if not ok then
     return nil, err
   end
+  ok, err = compile_query(c, route)
+  if not ok then
+    return nil, err
+  end
+  c.cum = 100 -- the cumulative canary weight; new() lowers it for members of a canary group
   return c
 end
 
@@ -377,6 +369,29 @@ local function header_value(req, name)
   return nil
 end
 
+-- The first value of query parameter name in path (whose query string starts after plen),
+-- "" for a parameter without "=", or nil. Envoy splits on "&" and the first "=", and keeps
+-- the first of repeated names.
+local function query_value(path, plen, name)
+  local n = #path
+  local nlen = #name
+  local i = plen + 2 -- after the "?"
+  while i <= n do
+    local amp = find(path, "&", i, true)
+    local stop = amp and amp - 1 or n
+    local eq = find(path, "=", i, true)
+    if eq and eq <= stop then
+      if eq - i == nlen and sub(path, i, eq - 1) == name then
+        return sub(path, eq + 1, stop)
+      end
+    elseif stop - i + 1 == nlen and sub(path, i, stop) == name then
+      return ""
+    end
+    i = stop + 2
+  end
+  return nil
+end
+
 -- Does compiled route c match? path is the full :path, plen its length without the query
 -- string (the query never takes part in path matching); la is the lowercased authority.
 local function route_matches(c, req, path, plen, authority, la)
@@ -450,6 +465,30 @@ local function route_matches(c, req, path, plen, authority, la)
       end
     end
   end
+
+  local query = c.query
+  if query then
+    if plen >= #path then
+      return false -- no query string: every parameter constraint fails
+    end
+    for i = 1, #query do
+      local q = query[i]
+      local v = query_value(path, plen, q.name)
+      if v == nil then
+        return false
+      end
+      local k = q.kind
+      if k == HDR_EXACT then
+        if v ~= q.value then
+          return false
+        end
+      elseif k == HDR_REGEX then
+        if not q.re:full_match(v) then
+          return false
+        end
+      end
+    end
+  end
   return true
 end
 
@@ -457,10 +496,13 @@ local Router = {}
 Router.__index = Router
 
 -- r:match(req) -> route | nil, why
--- req = { authority, path, method, header = function(name), secure = bool }
+-- req = { authority, path, method, header = function(name), secure = bool, random = 0..99? }
 -- why: "no_route" (no vhost or no route: 404), "rejected" (insecure on a Reject Host: 404,
 -- Emissary simply does not install those routes), "redirect" (insecure on a Redirect Host
 -- and a route matched: 301 to https).
+-- Canary groups: like Envoy, one random value in 0..99 per selection (req.random if given),
+-- drawn only when a group member is reached; member i is taken when value < its cumulative
+-- weight (and its match criteria hold).
 function Router:match(req)
   local authority = req.authority or ""
   local la = lower(authority)
@@ -479,8 +521,18 @@ function Router:match(req)
     -- Only the ACME routes exist for insecure requests on this Host.
     list = vh.acme
   end
+  local rv = req.random
   for i = 1, #list do
     local c = list[i]
+    local cum = c.cum
+    if cum < 100 then
+      if not rv then
+        rv = random(0, 99)
+      end
+      if rv >= cum then
+        goto continue
+      end
+    end
     if route_matches(c, req, path, plen, authority, la) then
       -- Redirect turns each route into an https redirect with the same match, so the
       -- redirect happens only where a route matches; ACME challenges are still served.
@@ -489,6 +541,7 @@ function Router:match(req)
       end
       return c.route
     end
+    ::continue::
   end
   if action == "Reject" then
     return nil, "rejected"
@@ -502,6 +555,58 @@ function Router:routes()
   local ordered = self.ordered
   for i = 1, #ordered do
     out[i] = ordered[i].route
+  end
+  return out
+end
+
+local function by_index(a, b)
+  return a.index < b.index
+end
+
+-- Puts the members of each canary group together, in the order Emissary emits them (the
+-- group sits where its first member sorted; inside it, weighted members first), and sets
+-- each member's cumulative weight. Members come in model order (stable sort), which is the
+-- order the Mappings were loaded.
+local function group_canaries(ordered)
+  local groups, keys = {}, {}
+  for i = 1, #ordered do
+    local c = ordered[i]
+    local key = _M.group_key(c.route)
+    keys[i] = key
+    local g = groups[key]
+    if not g then
+      g = {}
+      groups[key] = g
+    end
+    g[#g + 1] = c
+  end
+  local out, done = {}, {}
+  for i = 1, #ordered do
+    local key = keys[i]
+    if not done[key] then
+      done[key] = true
+      local g = groups[key]
+      if #g == 1 then
+        out[#out + 1] = g[1]
+      else
+        sort(g, by_index)
+        local weights = {}
+        for j = 1, #g do
+          local w = g[j].route.weight
+          weights[j] = type(w) == "number" and w or false
+        end
+        local order, cums, msg = _M.canary_weights(weights, #g)
+        if not order then
+          return nil, route_error(g[cums].route, "weight", msg)
+        end
+        for j = 1, #order do
+          local c = g[order[j]]
+          c.cum = cums[order[j]]
+          c.group = key
+          out[#out + 1] = c
+        end
+      end
+    end
   end
   return out
 end
@@ -531,6 +636,10 @@ function _M.new(model)
     ordered[i] = c
   end
   sort(ordered, evaluated_before)
+  ordered, err = group_canaries(ordered)
+  if not ordered then
+    return nil, err
+  end
   self.ordered = ordered
 
   -- Per-vhost candidate lists, in evaluation order. route.hosts may name a Host twice or a

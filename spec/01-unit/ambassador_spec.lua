@@ -91,10 +91,13 @@ describe("nuncio.ambassador", function()
           name = "grpc-py", namespace = "default", source = file .. ":7",
           prefix = "/helloworld.Greeter/", prefix_regex = false, prefix_exact = false, case_sensitive = true,
           rewrite = "/helloworld.Greeter/", host = { kind = "glob", value = "*" }, method_regex = false,
-          headers = {}, precedence = 0,
+          headers = {}, query = {}, precedence = 0,
           grpc = true, cluster = 1, timeout_ms = 3000, hosts = { 1 },
         } },
         module = {},
+        http = { strip_matching_host_port = false, merge_slashes = false,
+          reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
+          server_name = "envoy" },
         tls_contexts = {},
       }, model)
     end)
@@ -402,9 +405,7 @@ describe("nuncio.ambassador", function()
       assert.same({}, errs)
       assert.is_table(model)
       assert.same({
-        "t.yaml:10: Mapping m: add_request_headers: not implemented yet, ignored",
         "t.yaml:11: Mapping m: cors: not implemented yet, ignored",
-        "t.yaml:12: Mapping m: weight: not implemented yet, ignored",
         "t.yaml:13: Mapping m: frobnicate: unknown field, ignored",
       }, warns)
     end)
@@ -429,11 +430,25 @@ describe("nuncio.ambassador", function()
         errs)
     end)
 
-    it("warns when Emissary would split traffic between identical Mappings", function()
+    it("splits traffic between identical Mappings quietly, and says when weights leave a gap", function()
       local m = { 'hostname: "*"', "prefix: /a/", "service: a" }
-      local warns = warnings_of(doc("Mapping", "one", m) .. doc("Mapping", "two", m) .. LISTENER)
-      assert.same({ "t.yaml:11: Mapping two: same match as Mapping one (t.yaml:2): Emissary would split traffic "
-        .. "between them; nuncio sends all of it to the one tried first (weights are not implemented yet)" }, warns)
+      local warns, model = warnings_of(doc("Mapping", "one", m) .. doc("Mapping", "two", m) .. LISTENER)
+      assert.same({}, warns)
+      assert.equal(2, #model.routes)
+      local w = { 'hostname: "*"', "prefix: /a/", "service: a", "weight: 30" }
+      warns = warnings_of(doc("Mapping", "one", w) .. doc("Mapping", "two", w) .. LISTENER)
+      assert.same({ "t.yaml:20: Mapping two: weight: the Mappings with this match (one, two) have weights adding "
+        .. "up to 60: 40% of their requests match none of them and go on to the next route" }, warns)
+    end)
+
+    it("refuses weights over 100, alone or together, as Emissary does", function()
+      local function m(wt) return { 'hostname: "*"', "prefix: /a/", "service: a", "weight: " .. wt } end
+      assert.equal("t.yaml:10: Mapping m: weight: must be between 0 and 100, not 150", error_of(m(150)))
+      assert.equal('t.yaml:10: Mapping m: weight: must be a number between 0 and 100, not the string "half"',
+        error_of(m("half")))
+      local _, errs = load(doc("Mapping", "one", m(60)) .. doc("Mapping", "two", m(50)) .. LISTENER)
+      assert.same({ "t.yaml:20: Mapping two: weight: the weights of Mappings with the same match add up to 110, "
+        .. "over 100" }, errs)
     end)
   end)
 
@@ -444,14 +459,16 @@ describe("nuncio.ambassador", function()
     end
 
     it("reads every form", function()
-      assert.same({ host = "127.0.0.1", port = 50051, tls = false }, svc("127.0.0.1:50051"))
-      assert.same({ host = "greeter", port = 80, tls = false }, svc("greeter"))
-      assert.same({ host = "greeter", port = 8080, tls = false }, svc("http://greeter:8080"))
-      assert.same({ host = "api.example.com", port = 443, tls = true }, svc("https://api.example.com"))
-      assert.same({ host = "api.example.com", port = 8443, tls = true }, svc("HTTPS://api.example.com:8443"))
-      assert.same({ host = "::1", port = 8080, tls = false }, svc("[::1]:8080"))
-      assert.same({ host = "fe80::1", port = 443, tls = true }, svc("https://[fe80::1]"))
-      assert.same({ host = "svc.ns", port = 80, tls = false }, svc("svc.ns"))
+      assert.same({ host = "127.0.0.1", port = 50051, tls = false, port_given = true }, svc("127.0.0.1:50051"))
+      assert.same({ host = "greeter", port = 80, tls = false, port_given = false }, svc("greeter"))
+      assert.same({ host = "greeter", port = 8080, tls = false, port_given = true }, svc("http://greeter:8080"))
+      assert.same({ host = "api.example.com", port = 443, tls = true, port_given = false },
+        svc("https://api.example.com"))
+      assert.same({ host = "api.example.com", port = 8443, tls = true, port_given = true },
+        svc("HTTPS://api.example.com:8443"))
+      assert.same({ host = "::1", port = 8080, tls = false, port_given = true }, svc("[::1]:8080"))
+      assert.same({ host = "fe80::1", port = 443, tls = true, port_given = false }, svc("https://[fe80::1]"))
+      assert.same({ host = "svc.ns", port = 80, tls = false, port_given = false }, svc("svc.ns"))
     end)
 
     it("refuses what it cannot route to", function()
@@ -734,26 +751,27 @@ describe("nuncio.ambassador", function()
         .. doc("Module", "ambassador", { "config:", "  server_name: nuncio-test" }) .. LISTENER)
       assert.same({}, errs)
       assert.same({ server_name = "nuncio-test" }, model.module)
+      assert.equal("nuncio-test", model.http.server_name)
       assert.same({
         't.yaml:2: Module tls: ignored: only the Module named "ambassador" is used',
-        "t.yaml:15: Module ambassador: config.server_name: accepted, not implemented yet",
       }, warns)
     end)
 
     it("warns on keys of later issues and unknown keys, but applies cluster_request_timeout_ms", function()
-      local model, errs, warns = load(doc("Module", "ambassador", { "config:", "  lua_scripts: x",
+      local model, errs, warns = load(doc("Module", "ambassador", { "config:", "  lua_scripts: 'x = 1'",
         "  strip_matching_host_port: true", "  enable_grpc_web: true", "  cluster_idle_timeout_ms: 5",
         "  cluster_request_timeout_ms: 1234", "  warp_drive: on" })
         .. doc("Mapping", "m", { 'hostname: "*"', "prefix: /a/", "service: a" }) .. LISTENER)
       assert.same({}, errs)
       assert.equal(1234, model.routes[1].timeout_ms)
       assert.same({
-        "t.yaml:8: Module ambassador: config.lua_scripts: accepted, not implemented yet",
-        "t.yaml:9: Module ambassador: config.strip_matching_host_port: accepted, not implemented yet",
         "t.yaml:10: Module ambassador: config.enable_grpc_web: accepted, not implemented yet",
         "t.yaml:11: Module ambassador: config.cluster_idle_timeout_ms: accepted, not implemented yet",
         "t.yaml:13: Module ambassador: config.warp_drive: unknown field, ignored",
       }, warns)
+      assert.is_true(model.http.strip_matching_host_port)
+      assert.same({ code = "x = 1", source = "t.yaml:8", where = "t.yaml:8: Module ambassador: config.lua_scripts",
+        file = "t.yaml", module = "ambassador" }, model.http.lua_scripts)
     end)
 
     it("honours use_ambassador_namespace_for_service_resolution", function()

@@ -49,6 +49,9 @@ describe("nuncio.config", function()
       clusters = {},
       routes = {},
       module = {},
+      http = { strip_matching_host_port = false, merge_slashes = false,
+        reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
+        server_name = "envoy" },
       tls_contexts = {},
     }, model)
   end)

@@ -39,6 +39,7 @@ local function req(t)
     method = t.method or "GET",
     secure = t.secure ~= false,
     header = function(name) return headers[name] end,
+    random = t.random,
   }
 end
 
@@ -130,7 +131,7 @@ describe("nuncio.router", function()
       assert.same({ "bb", "aa" }, names(r))
     end)
 
-    it("keeps the model order for equal weights (stable)", function()
+    it("keeps the model order for equal weights (stable); identical ones are one canary group", function()
       local routes, expect = {}, {}
       for i = 1, 40 do
         routes[i] = route{ name = "r" .. i, prefix = "/same/", cluster = i }
@@ -138,7 +139,8 @@ describe("nuncio.router", function()
       end
       local r = star(routes)
       assert.same(expect, names(r))
-      assert.equal("r1", name_of(r, { path = "/same/x" }))
+      -- 40 identical Mappings share the traffic; the first takes the lowest draws
+      assert.equal("r1", name_of(r, { path = "/same/x", random = 0 }))
 
       local reversed, rexpect = {}, {}
       for i = 40, 1, -1 do
@@ -147,7 +149,7 @@ describe("nuncio.router", function()
       end
       r = star(reversed)
       assert.same(rexpect, names(r))
-      assert.equal("r40", name_of(r, { path = "/same/x" }))
+      assert.equal("r40", name_of(r, { path = "/same/x", random = 0 }))
     end)
 
     it("computes Emissary's weight vector", function()
@@ -161,13 +163,13 @@ describe("nuncio.router", function()
         },
       })
       -- x-a 3+1, x-r 3+5+1, x-p 3+1 ("*"), :authority 10+13, :method 7+4
-      assert.same({ 2, 5, 51, "/api/", "POST",
+      assert.same({ 2, 5, 51, 0, "/api/", "POST",
                     "x-a-b", "x-r-^v.*$", "x-p-*", ":authority-*.example.com", ":method-POST" }, w)
     end)
 
     it("counts a missing method as GET and a regex host one more", function()
       local w = router.route_weight(route{ prefix = "/x", host = { kind = "regex", value = "a.*" } })
-      assert.same({ 0, 2, 10 + 3 + 1, "/x", "GET", ":authority-a.*" }, w)
+      assert.same({ 0, 2, 10 + 3 + 1, 0, "/x", "GET", ":authority-a.*" }, w)
     end)
 
     it("returns a copy from routes()", function()
@@ -585,6 +587,115 @@ describe("nuncio.router", function()
 
     it("raises on a model that is not a table", function()
       assert.has_error(function() router.new(nil) end, "router.new: model must be a table")
+    end)
+  end)
+
+  describe("query parameters and pseudo-headers", function()
+    it("matches exact, presence and regex query parameters, first value, not decoded", function()
+      local r = star{
+        route{ name = "exact", prefix = "/", query = { { name = "page", value = "2" } } },
+        route{ name = "present", prefix = "/", query = { { name = "debug", value = true } } },
+        route{ name = "regex", prefix = "/", query = { { name = "id", value = "^[0-9]+$", regex = true } } },
+        route{ name = "plain", prefix = "/" },
+      }
+      assert.equal("exact", name_of(r, { path = "/x?page=2" }))
+      assert.equal("exact", name_of(r, { path = "/x?a=1&page=2&page=3" }))
+      assert.equal("plain", name_of(r, { path = "/x?page=3&page=2" })) -- the first value counts
+      assert.equal("plain", name_of(r, { path = "/x?Page=2" }))       -- names compare exactly
+      assert.equal("present", name_of(r, { path = "/x?debug" }))
+      assert.equal("present", name_of(r, { path = "/x?debug=" }))
+      assert.equal("regex", name_of(r, { path = "/x?id=42" }))
+      assert.equal("plain", name_of(r, { path = "/x?id=4%32" }))
+      assert.equal("plain", name_of(r, { path = "/x" }))
+      assert.equal("plain", name_of(r, { path = "/x?" }))
+      assert.equal("plain", name_of(r, { path = "/x?pagex=2&xpage=2" }))
+    end)
+
+    it("sees :authority, :method and :path in headers and regex_headers", function()
+      local r = star{
+        route{ name = "auth", prefix = "/", headers = { { name = ":authority", value = "api\\..*", regex = true } } },
+        route{ name = "method", prefix = "/", headers = { { name = ":method", value = "DELETE" } } },
+        route{ name = "path", prefix = "/", headers = { { name = ":path", value = ".*[?]v=1$", regex = true } } },
+        route{ name = "plain", prefix = "/" },
+      }
+      assert.equal("auth", name_of(r, { authority = "api.example.com" }))
+      assert.equal("method", name_of(r, { method = "DELETE" }))
+      assert.equal("path", name_of(r, { path = "/x?v=1" }))
+      assert.equal("plain", name_of(r, { path = "/x?v=2" }))
+    end)
+
+    it("matches a header by presence (value true), whatever its value", function()
+      local r = star{
+        route{ name = "flag", prefix = "/", headers = { { name = "x-flag", value = true } } },
+        route{ name = "plain", prefix = "/" },
+      }
+      assert.equal("flag", name_of(r, { headers = { ["x-flag"] = "" } }))
+      assert.equal("plain", name_of(r))
+    end)
+  end)
+
+  describe("canary groups", function()
+    it("computes Emissary's cumulative weights: weighted first, weightless share the rest", function()
+      assert.same({ { 1 }, { 100 } }, { router.canary_weights({ 10 }) })
+      assert.same({ { 1, 2 }, { 50, 100 } }, { router.canary_weights({ false, false }) })
+      assert.same({ { 2, 1 }, { 100, 30 } }, { router.canary_weights({ false, 30 }) })
+      -- 50 left for 4: round(12.5) = 12 (Python rounds halves to even), the last gets the rest
+      assert.same({ { 1, 2, 3, 4, 5 }, { 50, 62, 74, 86, 100 } },
+        { router.canary_weights({ 50, false, false, false, false }) })
+      -- weights at 100 leave weightless members nothing (scale a canary up, then delete the old one)
+      assert.same({ { 2, 1 }, { 100, 100 } }, { router.canary_weights({ false, 100 }) })
+      assert.same({ nil, 2, "weight 101 is over 100" }, { router.canary_weights({ 1, 101 }) })
+      assert.same({ nil, 2, "the weights of Mappings with the same match add up to 110, over 100" },
+        { router.canary_weights({ 60, 50 }) })
+    end)
+
+    it("keeps a group together, weighted members first, and splits on one draw", function()
+      local r = star{
+        route{ name = "old", prefix = "/svc/" },
+        route{ name = "other", prefix = "/svc/", headers = { { name = "x", value = "1" } } },
+        route{ name = "canary", prefix = "/svc/", weight = 10 },
+      }
+      assert.same({ "other", "canary", "old" }, names(r))
+      assert.equal("canary", name_of(r, { path = "/svc/a", random = 0 }))
+      assert.equal("canary", name_of(r, { path = "/svc/a", random = 9 }))
+      assert.equal("old", name_of(r, { path = "/svc/a", random = 10 }))
+      assert.equal("old", name_of(r, { path = "/svc/a", random = 99 }))
+      assert.equal("other", name_of(r, { path = "/svc/a", random = 5, headers = { x = "1" } }))
+    end)
+
+    it("lets a draw above every cumulative weight fall through to the next route", function()
+      local r = star{
+        route{ name = "a", prefix = "/svc/", weight = 20 },
+        route{ name = "b", prefix = "/svc/", weight = 30 },
+        route{ name = "root", prefix = "/" },
+      }
+      assert.equal("a", name_of(r, { path = "/svc/x", random = 19 }))
+      assert.equal("b", name_of(r, { path = "/svc/x", random = 49 }))
+      assert.equal("root", name_of(r, { path = "/svc/x", random = 50 }))
+    end)
+
+    it("does not group routes that match differently or sit on different Hosts", function()
+      local k = router.group_key
+      assert.equal(k(route{ prefix = "/a/" }), k(route{ prefix = "/a/", cluster = 2, weight = 5 }))
+      assert.not_equal(k(route{ prefix = "/a/" }), k(route{ prefix = "/a/", prefix_exact = true }))
+      assert.not_equal(k(route{ prefix = "/a/" }), k(route{ prefix = "/a/", case_sensitive = false }))
+      assert.not_equal(k(route{ prefix = "/a/" }), k(route{ prefix = "/a/", hosts = { 2 } }))
+      assert.not_equal(k(route{ prefix = "/a/" }), k(route{ prefix = "/a/", method = "POST" }))
+      -- method: GET adds a :method header to Emissary's group id, so it is not the method-less group
+      assert.not_equal(k(route{ prefix = "/a/" }), k(route{ prefix = "/a/", method = "GET" }))
+      assert.not_equal(k(route{ prefix = "/a/" }), k(route{ prefix = "/a/", query = { { name = "q", value = true } } }))
+      assert.equal(k(route{ prefix = "/a/", host = { kind = "glob", value = "A.com" } }),
+        k(route{ prefix = "/a/", host = { kind = "exact", value = "a.com" } }))
+    end)
+
+    it("refuses weights over 100 in a group, naming the Mapping", function()
+      local rt, err = router.new({ hosts = { host("*") }, routes = {
+        route{ name = "a", prefix = "/svc/", weight = 70, source = "t.yaml:3" },
+        route{ name = "b", prefix = "/svc/", weight = 40, source = "t.yaml:9" },
+      } })
+      assert.is_nil(rt)
+      assert.equal("t.yaml:9: Mapping b: weight: the weights of Mappings with the same match add up to 110, over 100",
+        err)
     end)
   end)
 

@@ -7,6 +7,10 @@ local mapping = require("nuncio.ambassador.mapping")
 
 local next = next
 local ipairs = ipairs
+local type = type
+local tostring = tostring
+local tonumber = tonumber
+local loadstring = loadstring
 local table_sort = table.sort
 local table_concat = table.concat
 local string_format = string.format
@@ -19,19 +23,20 @@ local M = {}
 -- Keys acted on now.
 local MODULE_DONE = check.set {
   "cluster_request_timeout_ms", "use_ambassador_namespace_for_service_resolution",
+  "lua_scripts", "strip_matching_host_port", "merge_slashes", "reject_requests_with_escaped_slashes",
+  "server_name", "add_linkerd_headers", "preserve_external_request_id", "defaults",
 }
 
 -- Keys Emissary knows; later issues implement them.
 local MODULE_TODO = check.set {
-  "lua_scripts", "strip_matching_host_port", "enable_grpc_web", "enable_grpc_http11_bridge",
-  "grpc_stats", "enable_http10", "use_remote_address", "xff_num_trusted_hops", "server_name",
-  "add_linkerd_headers", "merge_slashes", "reject_requests_with_escaped_slashes",
+  "enable_grpc_web", "enable_grpc_http11_bridge",
+  "grpc_stats", "enable_http10", "use_remote_address", "xff_num_trusted_hops",
   "max_request_headers_kb", "diagnostics", "readiness_probe", "liveness_probe",
   "cluster_idle_timeout_ms", "cluster_max_connection_lifetime_ms", "listener_idle_timeout_ms",
   "buffer", "buffer_limit_bytes", "regex_type", "regex_max_size", "header_case_overrides",
   "proper_case", "default_label_domain", "default_labels", "cors", "retry_policy", "load_balancer",
-  "circuit_breakers", "keepalive", "defaults", "ip_allow", "ip_deny", "gzip", "enable_ipv4",
-  "enable_ipv6", "preserve_external_request_id", "forward_client_cert_details",
+  "circuit_breakers", "keepalive", "ip_allow", "ip_deny", "gzip", "enable_ipv4",
+  "enable_ipv6", "forward_client_cert_details",
   "set_current_client_cert_details", "suppress_envoy_headers", "headers_with_underscores_action",
   "allow_chunked_length", "envoy_log_type", "envoy_log_format", "envoy_log_path", "admin_port",
   "error_response_overrides", "use_proxy_proto", "x_forwarded_proto_redirect", "service_port",
@@ -41,8 +46,123 @@ local MODULE_TODO = check.set {
   "health_check", "access_log", "respect_dns_ttl", "dns_type", "use_websocket", "allow_upgrade",
 }
 
+-- Module defaults nuncio applies to Mappings (Emissary's lookup_default: first
+-- defaults.httpmapping.KEY, then defaults.KEY).
+local DEFAULT_KEYS = { "add_request_headers", "add_response_headers", "remove_request_headers",
+  "remove_response_headers" }
+local DEFAULT_TODO = check.set { "stats_name" }
+
+---------------------------------------------------------------------------
+-- $NAME / ${NAME} in Module config strings (behaviour notes §0: Emissary's LuaTest relies
+-- on it): expanded from the environment at load; an unset variable becomes "" with a warning.
+
+local function expand(s, missing)
+  return (s:gsub("%$({?)([%a_][%w_]*)(}?)", function(open, name, close)
+    if open == "{" and close ~= "}" then
+      return nil -- "${NAME" without its brace: left as written
+    end
+    local v = os.getenv(name)
+    if v == nil then
+      missing[#missing + 1] = name
+      v = ""
+    end
+    if open == "" then
+      return v .. close
+    end
+    return v
+  end))
+end
+
+local function expand_env(rep, res, tbl, path, depth)
+  if depth > 16 then
+    return
+  end
+  for _, k in ipairs(check.sorted_keys(tbl)) do
+    local v = tbl[k]
+    local field = type(k) == "number" and (path .. "[" .. k .. "]") or (path .. (path == "" and "" or ".") .. k)
+    if type(v) == "string" and v:find("$", 1, true) then
+      local missing = {}
+      tbl[k] = expand(v, missing)
+      for _, name in ipairs(missing) do
+        rep:warning(res, "config." .. field, "$" .. name .. " is not set in the environment: replaced by an "
+          .. "empty string", tbl, k)
+      end
+    elseif type(v) == "table" then
+      expand_env(rep, res, v, field, depth + 1)
+    end
+  end
+end
+
+-- The file line of a literal block scalar's first content line ("key: |"), or nil when the
+-- value is not one (then script lines cannot be mapped to file lines).
+local function block_start(res, key_line)
+  if not res.text or res.line_map or not key_line then
+    return nil
+  end
+  local n = 0
+  for l in (res.text .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    if n == key_line then
+      l = l:gsub("%s+#.*$", "")
+      if l:match(":%s*|[%-+%d]*%s*$") then
+        return key_line + 1
+      end
+      return nil
+    end
+  end
+  return nil
+end
+
+-- lua_scripts: compiled here so a syntax error is a config error naming the file line.
+local function read_lua_scripts(rep, res, cc)
+  local code = cc:string("lua_scripts")
+  if code == nil then
+    return nil
+  end
+  local key_line = cc:line("lua_scripts")
+  local where = string_format("%s:%d: Module %s: config.lua_scripts", res.file, key_line, tostring(res.name))
+  local fn, err = loadstring(code, "=lua_scripts")
+  if not fn then
+    local n, msg = tostring(err):match("^lua_scripts:(%d+): (.*)$")
+    local first = block_start(res, key_line)
+    local line = (n and first) and (first + tonumber(n) - 1) or key_line
+    -- the line is the script's own line when the file shows the script as a block
+    rep:raw_error(check.format(res, line, "config.lua_scripts", "does not compile: "
+      .. (n and ("line " .. n .. " of the script: " .. msg) or tostring(err))))
+    return nil
+  end
+  -- where: the prefix of any later error about the script (a failure when it starts);
+  -- first_line: the file line of the script's line 1 when the file shows it as a block
+  return { code = code, source = res.file .. ":" .. key_line, where = where, file = res.file,
+    first_line = block_start(res, key_line), module = res.name }
+end
+
+local function read_defaults(rep, res, cc)
+  local out = {}
+  if not cc:has("defaults") then
+    return out
+  end
+  local dc = cc:sub("defaults")
+  local hc = dc:sub("httpmapping")
+  for _, key in ipairs(DEFAULT_KEYS) do
+    local reader = key:match("^add_") and mapping.read_added_headers or mapping.read_removed_headers
+    local v = reader(hc, key)
+    if v == nil and not hc:has(key) then
+      v = reader(dc, key)
+    end
+    out[key] = v
+  end
+  local known = check.set(DEFAULT_KEYS)
+  hc:check_keys(known, DEFAULT_TODO)
+  known.httpmapping = true
+  dc:check_keys(known, check.set { "tcpmapping", "stats_name" })
+  return out
+end
+
 -- module(rep, modules) -> config, settings
---   settings: { default_timeout_ms, use_ambassador_namespace }
+--   settings: { default_timeout_ms, use_ambassador_namespace, http, defaults,
+--               add_linkerd_headers }
+--   settings.http: what nuncio's connection manager does with every request (model.http)
 function M.module(rep, modules)
   local chosen
   for i = 1, #modules do
@@ -55,7 +175,7 @@ function M.module(rep, modules)
       chosen = res
     end
   end
-  local settings = {}
+  local settings = { http = M.default_http(), defaults = {} }
   if not chosen then
     return {}, settings
   end
@@ -65,11 +185,37 @@ function M.module(rep, modules)
   if not config then
     return {}, settings
   end
+  expand_env(rep, chosen, config, "", 1)
   local cc = check.fields(rep, chosen, config, "config.")
   settings.default_timeout_ms = cc:int("cluster_request_timeout_ms", nil, 0)
   settings.use_ambassador_namespace = cc:bool("use_ambassador_namespace_for_service_resolution", false)
+  local http = settings.http
+  http.strip_matching_host_port = cc:bool("strip_matching_host_port", false)
+  http.merge_slashes = cc:bool("merge_slashes", false)
+  http.reject_requests_with_escaped_slashes = cc:bool("reject_requests_with_escaped_slashes", false)
+  http.preserve_external_request_id = cc:bool("preserve_external_request_id", false)
+  local server_name = cc:string("server_name")
+  if server_name and server_name ~= "" then
+    http.server_name = server_name
+  end
+  http.lua_scripts = read_lua_scripts(rep, chosen, cc)
+  settings.add_linkerd_headers = cc:bool("add_linkerd_headers", false)
+  settings.defaults = read_defaults(rep, chosen, cc)
   cc:check_keys(MODULE_DONE, MODULE_TODO, "accepted, not implemented yet")
   return config, settings
+end
+
+-- What nuncio does with every request when the Module says nothing (Envoy's and
+-- Emissary's defaults).
+function M.default_http()
+  return {
+    strip_matching_host_port = false,
+    merge_slashes = false,
+    reject_requests_with_escaped_slashes = false,
+    preserve_external_request_id = false,
+    server_name = "envoy", -- Emissary's default server_name
+    lua_scripts = nil,
+  }
 end
 
 ---------------------------------------------------------------------------

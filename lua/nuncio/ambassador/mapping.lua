@@ -6,9 +6,14 @@
 -- compatibility (Emissary's hostglob_matches, §2.3).
 
 local check = require("nuncio.ambassador.check")
+local order = require("nuncio.ambassador.order")
+local format = require("nuncio.ambassador.format")
+local yaml = require("nuncio.yaml")
 
 local type = type
+local ipairs = ipairs
 local pairs = pairs
+local next = next
 local tonumber = tonumber
 local tostring = tostring
 local string_format = string.format
@@ -16,6 +21,7 @@ local string_sub = string.sub
 local string_lower = string.lower
 local table_sort = table.sort
 local table_concat = table.concat
+local yaml_line = yaml.line
 
 local M = {}
 
@@ -100,7 +106,7 @@ function M.parse_service(s, ns, opts)
       and not host:find("[.:]") and host ~= "localhost" then
     host = host .. "." .. ns
   end
-  return { host = host, port = port, tls = tls }
+  return { host = host, port = port, tls = tls, port_given = port_s ~= nil }
 end
 
 ---------------------------------------------------------------------------
@@ -189,19 +195,21 @@ local HANDLED = check.set {
   "prefix", "prefix_regex", "prefix_exact", "case_sensitive", "rewrite", "grpc", "service",
   "hostname", "host", "host_regex", "headers", "regex_headers", "method", "method_regex",
   "precedence", "timeout_ms", "connect_timeout_ms", "ambassador_id", "generation", "tls",
+  "query_parameters", "regex_query_parameters", "weight", "add_request_headers",
+  "add_response_headers", "remove_request_headers", "remove_response_headers", "host_rewrite",
+  "add_linkerd_headers",
 }
 
 -- Emissary Mapping fields (v0..v3alpha1) nuncio accepts but does not act on yet.
 local TODO = check.set {
-  "add_request_headers", "add_response_headers", "remove_request_headers", "remove_response_headers",
-  "add_linkerd_headers", "host_rewrite", "auto_host_rewrite", "host_redirect", "path_redirect",
+  "auto_host_rewrite", "host_redirect", "path_redirect",
   "prefix_redirect", "regex_redirect", "redirect_response_code", "regex_rewrite", "cors",
-  "retry_policy", "weight", "load_balancer", "shadow", "idle_timeout_ms", "labels", "docs",
+  "retry_policy", "load_balancer", "shadow", "idle_timeout_ms", "labels", "docs",
   "bypass_auth", "bypass_error_response_overrides", "error_response_overrides", "allow_upgrade",
   "use_websocket", "circuit_breakers", "cluster_idle_timeout_ms", "cluster_max_connection_lifetime_ms",
   "cluster_tag", "dns_type", "enable_ipv4", "enable_ipv6", "envoy_override", "health_checks",
-  "keepalive", "modules", "outlier_detection", "priority", "query_parameters",
-  "regex_query_parameters", "resolver", "respect_dns_ttl", "stats_name", "auth_context_extensions",
+  "keepalive", "modules", "outlier_detection", "priority",
+  "resolver", "respect_dns_ttl", "stats_name", "auth_context_extensions",
   "rate_limits", "v2BoolHeaders", "v2BoolQueryParameters", "v2ExplicitTLS", "v3StatsName",
   "v3health_checks",
 }
@@ -252,9 +260,140 @@ local function read_headers(c, key, regex)
   return out, authority
 end
 
+-- query_parameters / regex_query_parameters: name -> value (true = present). Names keep
+-- their case (Envoy compares query parameter names exactly).
+local function read_query(c, key, regex)
+  local m = c:map(key)
+  if not m then
+    return {}
+  end
+  local out = {}
+  local names = check.sorted_keys(m)
+  for i = 1, #names do
+    local name = names[i]
+    local v = m[name]
+    local field = c:field(key) .. "." .. name
+    if v == true and not regex then
+      out[#out + 1] = { name = name, value = true, regex = false }
+    elseif type(v) ~= "string" then
+      c.failed = true
+      c.rep:error(c.res, field, "must be a string" .. (regex and "" or " (or true: the parameter is present)")
+        .. ", not " .. check.describe(v) .. (type(v) == "number" and " (quote it)" or ""), m, name)
+    else
+      out[#out + 1] = { name = name, value = v, regex = regex }
+    end
+  end
+  return out
+end
+
+-- the keys of a YAML mapping in file order (name order when lines are unknown)
+local function keys_in_file_order(m)
+  local keys = check.sorted_keys(m)
+  table_sort(keys, function(a, b)
+    local la, lb = yaml_line(m, a) or 0, yaml_line(m, b) or 0
+    if la ~= lb then
+      return la < lb
+    end
+    return a < b
+  end)
+  return keys
+end
+
+local function warn_format(c, field, value, tbl, key)
+  local unknown = format.unknown(value, field:find("response", 1, true) and "response" or "request")
+  if unknown then
+    c.rep:warning(c.res, field, "unknown " .. table_concat(unknown, ", ")
+      .. ": sent as written (nuncio fills in %DOWNSTREAM_REMOTE_ADDRESS%, "
+      .. "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%, %PROTOCOL%, %REQ(name)%, %UPSTREAM_CLUSTER%, ...)",
+      tbl, key)
+  end
+end
+
+-- add_request_headers / add_response_headers (behaviour notes §1.9): name -> "value"
+-- (appended) or { value = "...", append = bool } (append: false replaces). Returns the list
+-- { { name, value, append }, ... } in file order, or nil when the key is absent. Exported
+-- for the Module's defaults (nuncio.ambassador.kinds).
+function M.read_added_headers(c, key)
+  local m = c:map(key)
+  if not m then
+    return nil
+  end
+  local out = {}
+  local names = keys_in_file_order(m)
+  for i = 1, #names do
+    local name = names[i]
+    local v = check.value(m[name])
+    local field = c:field(key) .. "." .. name
+    local value, append
+    if type(v) == "string" or type(v) == "number" then
+      value, append = tostring(v), true
+      warn_format(c, field, value, m, name)
+    elseif type(v) == "table" and check.is_map(v) then
+      local hc = check.fields(c.rep, c.res, v, field .. ".")
+      local hv = hc:raw("value")
+      if hv == nil then
+        hc.failed = true
+        c.rep:error(c.res, field .. ".value", "required", m, name)
+      elseif type(hv) ~= "string" and type(hv) ~= "number" then
+        hc:fail("value", "must be a string, not " .. check.describe(hv))
+      else
+        value = tostring(hv)
+        warn_format(c, field .. ".value", value, v, "value")
+      end
+      append = hc:bool("append", true)
+      hc:check_keys(check.set { "value", "append" })
+      if hc.failed then
+        c.failed = true
+      end
+    else
+      c.failed = true
+      c.rep:error(c.res, field, "must be a string or {value, append}, not " .. check.describe(v)
+        .. (type(v) == "boolean" and " (quote it)" or ""), m, name)
+    end
+    if value then
+      out[#out + 1] = { name = string_lower(name), value = value, append = append }
+    end
+  end
+  return out
+end
+
+-- remove_request_headers / remove_response_headers: a name or a list of names (an empty
+-- list is a list). nil when absent.
+function M.read_removed_headers(c, key)
+  local v = c:raw(key)
+  if v == nil then
+    return nil
+  end
+  if type(v) == "table" and next(v) == nil then
+    return {}
+  end
+  local list = c:string_list(key)
+  if not list then
+    c.failed = true
+    return nil
+  end
+  for i = 1, #list do
+    list[i] = string_lower(list[i])
+  end
+  return list
+end
+
+-- l5d-dst-override's value: Emissary's ParsedService.hostname_port, the qualified service
+-- host and its port (80 unless given, 443 for https://).
+local function linkerd_target(service, scheme_https)
+  local port = service.port_given and service.port or (scheme_https and 443 or 80)
+  local host = service.host
+  if host:find(":", 1, true) then
+    host = "[" .. host .. "]"
+  end
+  return host .. ":" .. port
+end
+
 -- build(rep, res, ctx) -> record | nil
 --   res: resource envelope (res.spec holds the fields, res.legacy for v0..v2)
---   ctx: { default_timeout_ms, ambassador_namespace, use_ambassador_namespace }
+--   ctx: { default_timeout_ms, ambassador_namespace, use_ambassador_namespace,
+--          defaults = { add_request_headers = list?, ... } (the Module's defaults.httpmapping),
+--          add_linkerd_headers = bool (the Module's) }
 --   record.tls_ref: nil, or { kind = "https" | "true" | "name", name, field }:
 --   how TLS is originated (nuncio.ambassador.tls turns it into clusters[i].tls)
 function M.build(rep, res, ctx)
@@ -277,6 +416,40 @@ function M.build(rep, res, ctx)
   local connect_timeout_ms = c:int("connect_timeout_ms", 3000, 1)
   local headers, authority = read_headers(c, "headers", false)
   local regex_headers = read_headers(c, "regex_headers", true)
+  local query = read_query(c, "query_parameters", false)
+  local regex_query = read_query(c, "regex_query_parameters", true)
+  local host_rewrite = c:string("host_rewrite")
+  local add_linkerd = c:bool("add_linkerd_headers", nil)
+
+  -- weight: a share of the traffic of the Mappings with the same match (§1.8)
+  local weight = c:raw("weight")
+  if weight ~= nil then
+    if type(weight) ~= "number" then
+      c:fail("weight", "must be a number between 0 and 100, not " .. check.describe(weight))
+      weight = nil
+    elseif weight < 0 or weight > 100 then
+      c:fail("weight", "must be between 0 and 100, not " .. tostring(weight))
+      weight = nil
+    end
+  end
+
+  -- header rewrites (§1.9): the Mapping's own value wins, an explicit {} / [] included;
+  -- else the Module's defaults.httpmapping (or defaults) value
+  local defaults = ctx.defaults or {}
+  local function rewrite_list(key, reader)
+    local v = reader(c, key)
+    if v == nil and not c:has(key) then
+      v = defaults[key]
+    end
+    if v ~= nil and #v == 0 then
+      return nil
+    end
+    return v
+  end
+  local add_request = rewrite_list("add_request_headers", M.read_added_headers)
+  local add_response = rewrite_list("add_response_headers", M.read_added_headers)
+  local remove_request = rewrite_list("remove_request_headers", M.read_removed_headers)
+  local remove_response = rewrite_list("remove_response_headers", M.read_removed_headers)
 
   if prefix == "" then
     c:fail("prefix", "must not be empty")
@@ -357,6 +530,32 @@ function M.build(rep, res, ctx)
   if method_regex and not method then
     c:warn("method_regex", "has no effect without method")
   end
+  if host_rewrite == "" then
+    host_rewrite = nil
+  end
+
+  -- add_linkerd_headers: the Mapping's, else the Module's (not a defaults key in Emissary)
+  if add_linkerd == nil then
+    add_linkerd = ctx.add_linkerd_headers == true
+  end
+  if add_linkerd and service then
+    local target = linkerd_target(service, service_s:match("^[Hh][Tt][Tt][Pp][Ss]://") ~= nil)
+    local list = {}
+    for i, h in ipairs(add_request or {}) do
+      list[i] = h
+    end
+    local replaced = false
+    for i, h in ipairs(list) do
+      if h.name == "l5d-dst-override" then
+        list[i] = { name = h.name, value = target, append = true }
+        replaced = true
+      end
+    end
+    if not replaced then
+      list[#list + 1] = { name = "l5d-dst-override", value = target, append = true }
+    end
+    add_request = list
+  end
 
   c:check_keys(HANDLED, TODO)
 
@@ -370,6 +569,13 @@ function M.build(rep, res, ctx)
   end
   for i = 1, #regex_headers do
     all_headers[#all_headers + 1] = regex_headers[i]
+  end
+  local all_query = {}
+  for i = 1, #query do
+    all_query[#all_query + 1] = query[i]
+  end
+  for i = 1, #regex_query do
+    all_query[#all_query + 1] = regex_query[i]
   end
 
   local rec = {
@@ -389,7 +595,14 @@ function M.build(rep, res, ctx)
     method = method,
     method_regex = method_regex,
     headers = all_headers,
+    query = all_query,
     precedence = precedence,
+    weight = weight,
+    host_rewrite = host_rewrite,
+    request_headers_to_add = add_request,
+    response_headers_to_add = add_response,
+    request_headers_to_remove = remove_request,
+    response_headers_to_remove = remove_response,
     grpc = grpc,
     service = service,
     tls_ref = tls_ref, -- resolved into service.tls by nuncio.ambassador
@@ -403,47 +616,16 @@ end
 ---------------------------------------------------------------------------
 -- evaluation order (§1.7)
 
--- Emissary's route weight: [precedence, len(prefix), header lengths, query
--- lengths (always 0 here), prefix, method, header keys...], sorted descending.
--- The :authority from hostname/host and the :method count as headers.
+-- Emissary's route weight (nuncio.ambassador.order.route_weight: precedence, prefix length, header
+-- and query parameter lengths, prefix, method, keys), sorted descending. The :authority
+-- from hostname/host and the :method count as headers.
 function M.compute_weight(rec)
-  local hdrs = {}
-  for i = 1, #rec.headers do
-    local h = rec.headers[i]
-    -- a presence match counts as "*", like Emissary's `value or "*"`
-    hdrs[#hdrs + 1] = { name = h.name, value = h.value == true and "*" or h.value, regex = h.regex }
-  end
-  if rec.host then
-    hdrs[#hdrs + 1] = { name = ":authority", value = rec.host.value, regex = rec.host.kind == "regex" }
-  end
-  if rec.method then
-    hdrs[#hdrs + 1] = { name = ":method", value = rec.method, regex = rec.method_regex }
-  end
-  local len, keys = 0, {}
-  for i = 1, #hdrs do
-    local h = hdrs[i]
-    len = len + #h.name + #h.value + (h.regex and 1 or 0)
-    keys[i] = h.name .. "-" .. h.value
-  end
-  local w = { rec.precedence, #rec.prefix, len, 0, rec.prefix, rec.method or "GET" }
-  for i = 1, #keys do
-    w[#w + 1] = keys[i]
-  end
-  rec.weight = w
-  -- Mappings with the same key form one canary group in Emissary
-  local gk = { rec.method or "GET", rec.prefix, tostring(rec.prefix_regex), tostring(rec.prefix_exact),
-    tostring(rec.precedence) }
-  local sorted = {}
-  for i = 1, #keys do
-    sorted[i] = keys[i] .. (hdrs[i].regex and "~" or "")
-  end
-  table_sort(sorted)
-  rec.group_key = table_concat(gk, "\0") .. "\0" .. table_concat(sorted, "\0")
+  rec.route_weight = order.route_weight(rec)
 end
 
 -- true when a must be tried before b
 function M.before(a, b)
-  local wa, wb = a.weight, b.weight
+  local wa, wb = a.route_weight, b.route_weight
   local n = #wa > #wb and #wa or #wb
   for i = 1, n do
     local x, y = wa[i], wb[i]
