@@ -221,6 +221,14 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
     }
     lua_pop(L, 1);
 
+    /* Envoy's connection manager writes `server` on every response it sends. */
+    lua_getfield(L, idx, "http");
+    if (lua_istable(L, -1))
+        cfg->server_name = get_str(L, lua_gettop(L), "server_name", "envoy");
+    lua_pop(L, 1);
+    if (!cfg->server_name && !(cfg->server_name = strdup("envoy")))
+        goto nomem;
+
     lua_getfield(L, idx, "tls_contexts");
     n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
     if (n) {
@@ -265,5 +273,6 @@ void config_free(struct nu_config *cfg)
         free_tls(&cfg->tls_contexts[i]);
     free(cfg->tls_contexts);
     free(cfg->admin_address);
+    free(cfg->server_name);
     memset(cfg, 0, sizeof *cfg);
 }

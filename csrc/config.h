@@ -57,6 +57,7 @@ struct nu_config {
     size_t n_listeners;
     struct nu_cluster_cfg *clusters;
     size_t n_clusters;
+    char *server_name;               /* the `server` response header (Module server_name) */
     struct nu_tls_cfg *tls_contexts; /* termination certificates */
     size_t n_tls_contexts;
 };

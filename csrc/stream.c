@@ -1,4 +1,5 @@
 #include "stream.h"
+#include "config.h"
 #include "conn.h"
 #include "grpc.h"
 #include "log.h"
@@ -129,6 +130,11 @@ static void send_response_headers(struct stream *st)
     if (!st->x.down.ops || (st->flags & ST_F_RESP_STARTED))
         return;
     st->flags |= ST_F_RESP_STARTED;
+    const char *server = st->w->cfg->server_name;
+    if (server && hdr_set(&st->x.resp.hdrs, HDR_LIT("server"), server, strlen(server)) != NU_OK) {
+        st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
     if (st->x.down.ops->submit_headers(&st->x) != NU_OK) {
         nu_log(NU_LOG_WARN, "[c%llu s%llu] cannot send response headers: resetting", (unsigned long long)st->conn_id,
                (unsigned long long)st->id);

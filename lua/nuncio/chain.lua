@@ -6,8 +6,8 @@
 --   3. the user's native filters in configured order;
 --   4. the router (terminal, like Envoy's router filter): route, the route's header
 --      rewrites, host and path rewrite, upstream.
--- Responses: the route's response header rewrites, then the filters in reverse order, then
--- the `server` header (Module server_name). Every filter call is guarded: an error becomes
+-- Responses: the route's response header rewrites, then the filters in reverse order (the
+-- `server` header, Module server_name, is written by the C core). Every filter call is guarded: an error becomes
 -- a 500 (gRPC: INTERNAL) for that request only, logged with the filter's name and the Lua
 -- traceback.
 local router_mod = require("nuncio.router")
@@ -138,8 +138,6 @@ function M.new(model, router)
   self.escaped_slashes = http.reject_requests_with_escaped_slashes == true
   self.merge_slashes = http.merge_slashes == true
   self.preserve_request_id = http.preserve_external_request_id == true
-  local server_name = http.server_name
-  self.server_name = type(server_name) == "string" and server_name ~= "" and server_name or nil
   header_rewrite.seed() -- request ids and canary draws must differ between workers and runs
 
   local function any(method)
@@ -151,7 +149,7 @@ function M.new(model, router)
   -- The log phase always runs: it also releases the exchange's Lua object.
   self.wants = {
     request_headers = true,
-    response_headers = any("on_response_headers") or any_response_rewrite or self.server_name ~= nil,
+    response_headers = any("on_response_headers") or any_response_rewrite,
     response_trailers = any("on_response_trailers"),
     log = true,
   }
@@ -204,11 +202,10 @@ local function normalize_path(self, s)
   return false
 end
 
--- A local reply gets the server header too (Envoy adds it to every response it encodes).
+-- (The `server` header of every response, local replies included, is the C
+-- core's: it is written where the response goes out, as Envoy's connection
+-- manager does, so responses without response filters never enter Lua.)
 local function replied(self, s)
-  if self.server_name then
-    pcall(s.response.set, s.response, "server", self.server_name)
-  end
   return 1
 end
 
@@ -265,8 +262,7 @@ local function reverse_phase(self, method, s)
 end
 
 --- Response headers: the route's response rewrites first (Envoy's router is the first
---- encoder), then the filters in reverse order, then the server header (the connection
---- manager sets it last).
+--- encoder), then the filters in reverse order. (The server header is set by the C core.)
 function Chain:response_headers(s)
   local route = s._route
   if route then
@@ -275,11 +271,7 @@ function Chain:response_headers(s)
       header_rewrite.apply_response(rw, s)
     end
   end
-  local rc, err = reverse_phase(self, "on_response_headers", s)
-  if rc >= 0 and self.server_name then
-    pcall(s.response.set, s.response, "server", self.server_name)
-  end
-  return rc, err
+  return reverse_phase(self, "on_response_headers", s)
 end
 function Chain:response_trailers(s) return reverse_phase(self, "on_response_trailers", s) end
 

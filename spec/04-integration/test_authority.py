@@ -82,6 +82,25 @@ class StripMatchingHostPortTest(AuthorityCase):
         self.assert_unimplemented("api.example.com:443")
 
 
+class ServerNameTest(AuthorityCase):
+    MODULE = {"server_name": "edge-1"}
+
+    def test_module_server_name_is_the_server_header(self):
+        with self.proxy.channel(authority="api.example.com") as channel:
+            reply, call = hw_grpc.GreeterStub(channel).SayHello.with_call(hw.HelloRequest(name="s"),
+                                                                          timeout=CALL_TIMEOUT)
+        self.assertEqual(dict(call.initial_metadata()).get("server"), "edge-1")
+        # a local reply (no route) carries it too
+        with self.proxy.channel(authority="other.example.com") as channel:
+            with self.assertRaises(grpc.RpcError) as cm:
+                hw_grpc.GreeterStub(channel).SayHello(hw.HelloRequest(name="s"), timeout=CALL_TIMEOUT)
+        self.assertRpcCode(cm, grpc.StatusCode.UNIMPLEMENTED)
+        # trailers-only: grpcio reports that single header block as trailing metadata
+        md = dict(cm.exception.initial_metadata())
+        md.update(dict(cm.exception.trailing_metadata()))
+        self.assertEqual(md.get("server"), "edge-1")
+
+
 class GuideLuaSnippetTest(AuthorityCase):
     MODULE = {"lua_scripts": GUIDE_SNIPPET}
 

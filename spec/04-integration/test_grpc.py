@@ -70,9 +70,11 @@ class GrpcThroughProxyTest(NuncioTestCase):
 
     def test_unary_say_hello(self):
         test_id = uuid.uuid4().hex
-        reply = self.greeter.SayHello(hw.HelloRequest(name="nuncio"), timeout=CALL_TIMEOUT,
-                                      metadata=[("x-test-id", test_id)])
+        reply, call = self.greeter.SayHello.with_call(hw.HelloRequest(name="nuncio"), timeout=CALL_TIMEOUT,
+                                                      metadata=[("x-test-id", test_id)])
         self.assertEqual(reply.message, "Hello, nuncio!")
+        # Envoy's connection manager writes `server` (Emissary's default server_name).
+        self.assertEqual(dict(call.initial_metadata()).get("server"), "envoy")
         seen = [md for md in self.up.calls_to("/helloworld.Greeter/SayHello") if md.get("x-test-id") == test_id]
         self.assertEqual(len(seen), 1, "the upstream should see the call once, with its metadata")
 
