@@ -35,7 +35,8 @@ M.DEFAULTS = {
 }
 
 local LOG_LEVELS = check.set { "debug", "info", "warn", "error" }
-local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador", "secrets_dir" }
+local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador", "secrets_dir",
+  "overrides" }
 
 local value = check.value
 
@@ -255,6 +256,18 @@ local function read_native(path, model, errs, warns)
 
   local secrets_dir = read_secrets_dir(r, dir)
 
+  -- overrides: { clusters: {name: "host:port"}, listeners: {name: port} } re-points
+  -- what the Ambassador resources say (nuncio.testing's live mode uses it to run a
+  -- spec's YAML on free ports against a recording upstream).
+  local ov = r.get("overrides")
+  if ov ~= nil then
+    if type(ov) ~= "table" then
+      r.fail("overrides", "must be a mapping with clusters and/or listeners")
+    else
+      model.overrides = { clusters = ov.clusters or {}, listeners = ov.listeners or {} }
+    end
+  end
+
   r.unknown(KEYS)
   return amb, secrets_dir
 end
@@ -320,6 +333,29 @@ function M.load(args)
   model.module = part.module
   model.http = part.http
   model.tls_contexts = part.tls_contexts
+  local ov = model.overrides
+  if ov then
+    model.overrides = nil
+    local by_name = {}
+    for _, c in ipairs(model.clusters) do by_name[c.name] = c end
+    for name, target in pairs(ov.clusters) do
+      local c = by_name[name]
+      local host, port = tostring(target):match("^(.+):(%d+)$")
+      if not c or not host then
+        errs[#errs + 1] = string.format("%s: overrides: clusters: %s", args.config,
+          not c and ("no cluster named " .. tostring(name)) or ("not host:port: " .. tostring(target)))
+      else
+        c.host, c.port, c.tls = host, tonumber(port), false
+      end
+    end
+    for _, l in ipairs(model.listeners) do
+      local port = ov.listeners[l.name]
+      if port then
+        l.port, l.address, l.tls = tonumber(port), "127.0.0.1", false
+      end
+    end
+    if #errs > 0 then return nil, errs, warns end
+  end
   return model, errs, warns
 end
 

@@ -7,14 +7,30 @@ local testing = require("nuncio.testing")
 local here = (os.getenv("NUNCIO_SRC") or ".") .. "/examples/custom-filter"
 package.path = here .. "/filters/?.lua;" .. here .. "/filters/?/handler.lua;" .. package.path
 
+-- The same spec runs twice: in-process, and live (nuncio.testing.live starts the
+-- real binary with this YAML and a recording upstream and sends each request
+-- over the network), so the filter is proven both ways.
+for _, mode in ipairs({ "in-process", "live" }) do
+local open = {}
 local function chain(config)
-  return testing.chain({
+  local opts = {
     ambassador = { here .. "/ambassador.yaml" },
     filters = { { name = "require_auth", config = config or { exempt = { "/grpc.health.v1.Health/" } } } },
-  })
+  }
+  if mode == "in-process" then return testing.chain(opts) end
+  opts.lua_path = { here .. "/filters" }
+  local c = testing.live(opts)
+  open[#open + 1] = c
+  return c
 end
 
-describe("require_auth", function()
+describe("require_auth (" .. mode .. ")", function()
+  after_each(function()
+    for i = #open, 1, -1 do
+      assert.is_true(table.remove(open, i):close(), "the proxy should stop cleanly")
+    end
+  end)
+
   it("refuses a gRPC call without authorization with UNAUTHENTICATED, before routing", function()
     local r = chain():request({ path = "/helloworld.Greeter/SayHello", grpc = true })
     assert.are.equal(401, r.reply.status)
@@ -52,3 +68,4 @@ describe("require_auth", function()
     assert.matches("filter require_auth: config: exempt%[1%] must be a path prefix starting with /", err)
   end)
 end)
+end
