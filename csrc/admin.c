@@ -3,6 +3,7 @@
 #include "h2c.h"
 #include "log.h"
 #include "nuncio.h"
+#include "stream.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -80,8 +81,9 @@ static int on_message_complete(http_parser *p)
         for (size_t i = 0; w->ups && i < w->ups->n; i++)
             connects += w->ups->v[i].connects;
         /* This admin connection itself is one of the live ones: leave it out. */
-        snprintf(body, sizeof body, "live_streams %llu\nlive_conns %llu\nupstream_connects %llu\n",
-                 (unsigned long long)w->live_streams, (unsigned long long)(w->live_conns - 1), connects);
+        snprintf(body, sizeof body, "live_streams %llu\nlive_conns %llu\nupstream_connects %llu\nlua_errors %llu\n",
+                 (unsigned long long)w->live_streams, (unsigned long long)(w->live_conns - 1), connects,
+                 (unsigned long long)stream_api_counter(STREAM_API_LUA_ERRORS));
         reply(a, 200, "OK", body, ka);
     } else {
         reply(a, 404, "Not Found", "not found\n", ka);

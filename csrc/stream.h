@@ -60,6 +60,11 @@ struct stream {
  * (Envoy's default per-connection buffer limit). Above it: 413. */
 #define STREAM_BODY_BUFFER_LIMIT (1024 * 1024)
 
+/* Counters Lua reports through nu_ffi_stats_add (0: Envoy's lua.errors). */
+#define STREAM_API_COUNTERS 1
+#define STREAM_API_LUA_ERRORS 0
+uint64_t stream_api_counter(int counter);
+
 /* h2s_open_fn: creates the exchange for a new downstream stream on conn c. */
 struct exchange *stream_open(void *worker, struct conn *c);
 /* Builds a local reply in the response maps; stream_send_reply submits it. */

@@ -211,6 +211,22 @@ int nu_ffi_stream_body_copy(struct stream *st, int which, char *dst, size_t cap,
     return NU_FFI_OK;
 }
 
+/* Counters Lua code reports; per thread, since each worker runs its own VM. */
+static _Thread_local uint64_t lua_counters[STREAM_API_COUNTERS];
+
+int nu_ffi_stats_add(int counter, int n)
+{
+    if (counter < 0 || counter >= STREAM_API_COUNTERS || n < 0)
+        return NU_FFI_ERROR;
+    lua_counters[counter] += (uint64_t)n;
+    return NU_FFI_OK;
+}
+
+uint64_t stream_api_counter(int counter)
+{
+    return counter >= 0 && counter < STREAM_API_COUNTERS ? lua_counters[counter] : 0;
+}
+
 int nu_ffi_log_write(int level, const char *msg, size_t len)
 {
     if (level < NU_LOG_DEBUG || level > NU_LOG_ERROR)

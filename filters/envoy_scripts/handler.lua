@@ -37,6 +37,7 @@
 --   budget off and lets the JIT compile the script.
 local envoy = require("nuncio.envoy")
 local log = require("nuncio.log")
+local nffi = require("nuncio.ffi")
 
 local type, tostring, error, pcall, xpcall, select, unpack, setmetatable, rawget, next, ipairs =
   type, tostring, error, pcall, xpcall, select, unpack, setmetatable, rawget, next, ipairs
@@ -205,6 +206,7 @@ end
 
 local function script_error(inst, s, fname, where, err, tb)
   M.errors = M.errors + 1
+  nffi.C.nu_ffi_stats_add(0, 1) -- the core's lua_errors (admin /stats)
   inst.errors = inst.errors + 1
   inst.last_error = err
   s:log("error", "script log: %s (lua_scripts %s, %s)\n%s", err, inst.name, fname, tb or "")

@@ -31,6 +31,7 @@ int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t c
 int nu_ffi_stream_body_wait(struct stream *st, int which, size_t *len);
 int nu_ffi_stream_body_copy(struct stream *st, int which, char *dst, size_t cap, size_t *n);
 int nu_ffi_log_write(int level, const char *msg, size_t len);
+int nu_ffi_stats_add(int counter, int n);
 int nu_ffi_test_stream_new(struct stream **out, int grpc);
 int nu_ffi_test_stream_set_phase(struct stream *st, int phase);
 int nu_ffi_test_stream_free(struct stream *st);

@@ -110,6 +110,19 @@ class GuideLuaSnippetTest(AuthorityCase):
         self.proxy.wait_stats(live_streams=0)
 
 
+class FailingScriptTest(AuthorityCase):
+    """A lua_scripts body that throws: as Envoy, the error is logged and counted
+    and the request goes on (fail open)."""
+    MODULE = {"lua_scripts": "function envoy_on_request(h)\n  error('script bug')\nend\n"}
+
+    def test_a_throwing_script_fails_open_and_is_counted(self):
+        before = self.proxy.stats().get("lua_errors", 0)
+        self.assertEqual(self.call("api.example.com").message, "Hello, port!")
+        self.assertEqual(self.call("api.example.com").message, "Hello, port!")
+        self.assertEqual(self.proxy.stats()["lua_errors"], before + 2)
+        self.assertIn("script bug", self.proxy_log())
+
+
 import unittest  # noqa: E402
 
 if __name__ == "__main__":
