@@ -457,10 +457,35 @@ static void after_response_phase(struct stream *st, int rc)
     send_response_headers(st);
 }
 
+/* A gRPC client cannot read an upstream's non-gRPC answer (a 502 from a
+ * misconfigured service, an HTML error page): turn it into a trailers-only
+ * reply with the grpc-status the HTTP-to-gRPC table gives, as gRPC clients
+ * would themselves and as Envoy's grpc_web/bridge filters do. */
+static int map_non_grpc_response(struct stream *st)
+{
+    struct msg *r = &st->x.resp;
+    size_t sl = 0, cl = 0;
+    const char *status = hdr_get(&r->hdrs, HDR_LIT(":status"), &sl);
+    const char *ct = hdr_get(&r->hdrs, HDR_LIT("content-type"), &cl);
+    if (hdr_get(&r->hdrs, HDR_LIT("grpc-status"), NULL))
+        return 0; /* trailers-only from a gRPC server: pass through */
+    int http = status && sl == 3 ? atoi(status) : 0;
+    if (http == 200 && ct && grpc_is_grpc_content_type(ct, cl))
+        return 0;
+    char msg[96];
+    snprintf(msg, sizeof msg, "upstream answered HTTP %d%s", http, http == 200 ? " without a gRPC content-type" : "");
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] gRPC request: %s", (unsigned long long)st->conn_id,
+           (unsigned long long)st->id, msg);
+    local_reply(st, http == 200 ? 500 : http, -1, msg, "upstream_non_grpc_response");
+    return 1;
+}
+
 static void u_on_headers(struct exchange *x)
 {
     struct stream *st = st_of(x);
     if (!x->down.ops)
+        return;
+    if ((st->flags & ST_F_GRPC) && map_non_grpc_response(st))
         return;
     if (!lua_bridge_wants(st->w, LB_PHASE_RESPONSE_HEADERS)) {
         send_response_headers(st);

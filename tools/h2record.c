@@ -6,7 +6,9 @@
  * saw: `x-h2record: <port>\t<name>\t<value>\t<name>\t<value>...` (hex-escaped
  * tabs and backslashes), plus `x-h2record-body-bytes`. gRPC requests
  * (content-type application/grpc...) get a gRPC answer: an empty message and
- * `grpc-status: 0` in trailers. It exits when its standard input closes, or
+ * `grpc-status: 0` in trailers. A request header `x-h2record-status: N` makes
+ * the answer HTTP N with a text body and no gRPC framing (a misconfigured or
+ * non-gRPC upstream, for status-mapping tests). It exits when its standard input closes, or
  * on SIGTERM with --no-stdin (then it also prints its PID after the ports).
  * One thread, one libev loop; no TLS. */
 #include <arpa/inet.h>
@@ -36,6 +38,7 @@ struct request {
     size_t body;
     int grpc;
     int sent_body;
+    char status[4]; /* asked for with x-h2record-status */
 };
 
 static struct ev_loop *loop;
@@ -103,6 +106,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     rec_add(r, (const char *)value, vl, 1);
     if (nl == 12 && memcmp(name, "content-type", 12) == 0 && vl >= 16 && memcmp(value, "application/grpc", 16) == 0)
         r->grpc = 1;
+    if (nl == 17 && memcmp(name, "x-h2record-status", 17) == 0 && vl == 3)
+        memcpy(r->status, value, 3);
     return 0;
 }
 
@@ -124,9 +129,11 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
     r->sent_body = 1;
     char bytes[32];
     int bn = snprintf(bytes, sizeof bytes, "%zu", r->body);
+    if (r->status[0])
+        r->grpc = 0; /* a plain HTTP answer, as a non-gRPC upstream gives */
     const char *ct = r->grpc ? "application/grpc" : "text/plain";
     nghttp2_nv nv[] = {
-        {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":status", (uint8_t *)(r->status[0] ? r->status : "200"), 7, 3, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"content-type", (uint8_t *)ct, 12, strlen(ct), NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"x-h2record", (uint8_t *)r->rec, 10, r->len, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"x-h2record-body-bytes", (uint8_t *)bytes, 21, (size_t)bn, NGHTTP2_NV_FLAG_NONE},
