@@ -35,6 +35,40 @@ int grpc_status_from_http(int http_status)
     }
 }
 
+int grpc_parse_timeout(const char *v, size_t n, double *seconds)
+{
+    if (n < 2 || n > 9)
+        return -1;
+    double value = 0;
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        value = value * 10 + (v[i] - '0');
+    }
+    switch (v[n - 1]) {
+    case 'H':
+        *seconds = value * 3600;
+        return 0;
+    case 'M':
+        *seconds = value * 60;
+        return 0;
+    case 'S':
+        *seconds = value;
+        return 0;
+    case 'm':
+        *seconds = value / 1e3;
+        return 0;
+    case 'u':
+        *seconds = value / 1e6;
+        return 0;
+    case 'n':
+        *seconds = value / 1e9;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
 size_t grpc_message_encode(const char *src, size_t n, char *dst, size_t cap)
 {
     static const char hex[] = "0123456789ABCDEF";

@@ -20,6 +20,9 @@ enum grpc_status {
 int grpc_is_grpc_content_type(const char *v, size_t n);
 /* Envoy's httpToGrpcStatus (behaviour notes §7.3). */
 int grpc_status_from_http(int http_status);
+/* Parses a grpc-timeout value ("100m", "5S": 1-8 digits and one of H M S m u n)
+ * into seconds. Returns 0, or -1 for a malformed value. */
+int grpc_parse_timeout(const char *v, size_t n, double *seconds);
 /* Percent-encodes a grpc-message value as the gRPC spec asks; returns the
  * length written (dst must hold 3*n bytes), never more than cap. */
 size_t grpc_message_encode(const char *src, size_t n, char *dst, size_t cap);

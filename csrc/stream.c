@@ -49,6 +49,8 @@ void stream_free(struct stream *st)
 {
     if (st->flags & ST_F_TIMER)
         ev_timer_stop(st->w->loop, &st->timer);
+    if (st->flags & ST_F_DEADLINE)
+        ev_timer_stop(st->w->loop, &st->deadline);
     hdr_clear(&st->x.req.hdrs);
     hdr_clear(&st->x.req.trailers);
     hdr_clear(&st->x.resp.hdrs);
@@ -75,6 +77,10 @@ static void stop_timer(struct stream *st)
     if (st->flags & ST_F_TIMER) {
         ev_timer_stop(st->w->loop, &st->timer);
         st->flags &= ~ST_F_TIMER;
+    }
+    if (st->flags & ST_F_DEADLINE) {
+        ev_timer_stop(st->w->loop, &st->deadline);
+        st->flags &= ~ST_F_DEADLINE;
     }
 }
 
@@ -204,6 +210,37 @@ static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
         end_grpc_call(st, GRPC_UNAVAILABLE, "upstream request timeout");
     else if (!st->x.resp.end)
         st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+}
+
+/* The client's own deadline (grpc-timeout) passed: beyond Envoy, which only
+ * forwards the header, nuncio ends the call with DEADLINE_EXCEEDED and cancels
+ * the upstream stream, so a client that stopped waiting costs nothing more. */
+static void on_grpc_deadline(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct stream *st = nu_container_of(t, struct stream, deadline);
+    st->flags &= ~ST_F_DEADLINE;
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] grpc-timeout passed: DEADLINE_EXCEEDED, upstream cancelled",
+           (unsigned long long)st->conn_id, (unsigned long long)st->id);
+    if (!(st->flags & ST_F_RESP_STARTED)) {
+        local_reply(st, 504, GRPC_DEADLINE_EXCEEDED, "deadline exceeded", "grpc_deadline_exceeded");
+        return;
+    }
+    if (st->x.up.ops)
+        st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+    if (st->x.down.ops && !st->x.resp.end)
+        end_grpc_call(st, GRPC_DEADLINE_EXCEEDED, "deadline exceeded");
+}
+
+static void arm_grpc_deadline(struct stream *st)
+{
+    size_t n;
+    const char *v = hdr_get(&st->x.req.hdrs, HDR_LIT("grpc-timeout"), &n);
+    double secs;
+    if (!v || grpc_parse_timeout(v, n, &secs) != 0)
+        return;
+    ev_timer_init(&st->deadline, on_grpc_deadline, secs, 0.);
+    ev_timer_start(st->w->loop, &st->deadline);
+    st->flags |= ST_F_DEADLINE;
 }
 
 /* Envoy's route timeout starts once the whole request has been received. */
@@ -355,8 +392,10 @@ static void d_on_headers(struct exchange *x)
     struct stream *st = st_of(x);
     size_t n;
     const char *ct = hdr_get(&x->req.hdrs, HDR_LIT("content-type"), &n);
-    if (ct && grpc_is_grpc_content_type(ct, n))
+    if (ct && grpc_is_grpc_content_type(ct, n)) {
         st->flags |= ST_F_GRPC;
+        arm_grpc_deadline(st);
+    }
     if (add_forwarding_headers(st) != NU_OK) {
         local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
         return;

@@ -34,6 +34,7 @@ enum stream_flags {
     ST_F_TRUST_XFP = 1 << 10,    /* a client's x-forwarded-proto decides (l7Depth > 0) */
     ST_F_TLS = 1 << 11,          /* the downstream connection is TLS */
     ST_F_WAIT_BODY = 1 << 12,    /* a filter phase waits for the whole body of wait_msg */
+    ST_F_DEADLINE = 1 << 13,     /* the client's grpc-timeout is armed */
 };
 
 struct stream {
@@ -51,6 +52,7 @@ struct stream {
     int reply_status;
     char *details; /* why a local reply was made (Envoy's response code details) */
     ev_timer timer;
+    ev_timer deadline; /* the client's grpc-timeout, from when its headers arrived */
     ev_tstamp started;
     int co_ref;   /* registry ref of a phase coroutine that yielded (0: none) */
     int wait_msg; /* with ST_F_WAIT_BODY: 0 request body, 1 response body */

@@ -30,6 +30,19 @@ int main(void)
     CHECK(grpc_status_from_http(500) == 2);
     CHECK(grpc_status_from_http(200) == 2);
 
+    double t = -1;
+    CHECK(grpc_parse_timeout("100m", 4, &t) == 0 && t > 0.0999 && t < 0.1001);
+    CHECK(grpc_parse_timeout("5S", 2, &t) == 0 && t == 5);
+    CHECK(grpc_parse_timeout("2M", 2, &t) == 0 && t == 120);
+    CHECK(grpc_parse_timeout("1H", 2, &t) == 0 && t == 3600);
+    CHECK(grpc_parse_timeout("250u", 4, &t) == 0 && t > 0.000249 && t < 0.000251);
+    CHECK(grpc_parse_timeout("99999999n", 9, &t) == 0 && t > 0.0999 && t < 0.1001);
+    CHECK(grpc_parse_timeout("123456789n", 10, &t) == -1); /* more than 8 digits */
+    CHECK(grpc_parse_timeout("5", 1, &t) == -1);
+    CHECK(grpc_parse_timeout("5x", 2, &t) == -1);
+    CHECK(grpc_parse_timeout("-5S", 3, &t) == -1);
+    CHECK(grpc_parse_timeout("S", 1, &t) == -1);
+
     char out[64];
     size_t n = grpc_message_encode("no route 100%", 13, out, sizeof out);
     CHECK(n == 15 && memcmp(out, "no route 100%25", 15) == 0);

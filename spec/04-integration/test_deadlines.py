@@ -1,0 +1,77 @@
+"""The client's grpc-timeout, enforced by nuncio (beyond Envoy, which only
+forwards it): when it passes, the call ends with DEADLINE_EXCEEDED and the
+upstream stream is cancelled. The client here is nghttp, which does not enforce
+deadlines itself, so only the proxy can end the call.
+
+Run by ctest as `/usr/bin/python3 -m unittest -v test_deadlines` in
+spec/04-integration with NUNCIO_BIN / NUNCIO_SRC (NUNCIO_SANITIZE=1 under ASan).
+"""
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helpers"))
+
+from nuncio_fixture import CALL_TIMEOUT, NuncioTestCase, mapping, stubs  # noqa: E402
+
+S = stubs()
+echo = S.echo_pb2
+
+
+def nghttp_call(port, path, message, headers):
+    """A gRPC call with nghttp (length-prefixed message); returns (seconds, output)."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    body = message.SerializeToString()
+    with tempfile.NamedTemporaryFile(delete=False) as f:
+        f.write(struct.pack(">BI", 0, len(body)) + body)
+    args = ["nghttp", "-v", "-d", f.name, "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    for h in headers:
+        args += ["-H", h]
+    t0 = time.monotonic()
+    try:
+        out = subprocess.run(args + ["http://127.0.0.1:%d%s" % (port, path)], capture_output=True,
+                             timeout=CALL_TIMEOUT, env=env).stdout.decode("latin-1")
+    finally:
+        os.unlink(f.name)
+    return time.monotonic() - t0, out
+
+
+class GrpcTimeoutTest(NuncioTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_upstream()
+        cls.start_proxy([mapping("echo", "/echo.Echo/", cls.up.address)])
+
+    def test_grpc_timeout_ends_a_stream_with_deadline_exceeded_and_cancels_upstream(self):
+        tag = "deadline-stream"
+        ended = self.up.ended_event(tag)
+        secs, out = nghttp_call(self.proxy.port, "/echo.Echo/Expand",
+                                echo.ExpandRequest(text="t", count=0, interval_ms=20, tag=tag),
+                                ["grpc-timeout: 300m"])
+        self.assertIn("grpc-status: 4", out, out[-2000:])
+        self.assertIn("deadline exceeded", out)
+        self.assertLess(secs, 5, "the call should end at the deadline, not when the client gives up")
+        self.assertGreaterEqual(secs, 0.25)
+        self.assertTrue(ended.wait(CALL_TIMEOUT), "the upstream stream should be cancelled at the deadline")
+        self.proxy.wait_stats(live_streams=0)
+
+    def test_calls_within_their_deadline_are_untouched(self):
+        secs, out = nghttp_call(self.proxy.port, "/echo.Echo/Expand",
+                                echo.ExpandRequest(text="t", count=3, interval_ms=10, tag="quick"),
+                                ["grpc-timeout: 5S"])
+        self.assertIn("grpc-status: 0", out, out[-2000:])
+
+    def test_a_malformed_grpc_timeout_is_ignored(self):
+        secs, out = nghttp_call(self.proxy.port, "/echo.Echo/Echo", echo.EchoRequest(text="x"),
+                                ["grpc-timeout: soon"])
+        self.assertIn("grpc-status: 0", out, out[-2000:])
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main(verbosity=2)
