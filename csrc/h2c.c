@@ -17,6 +17,9 @@ struct h2c {
     struct side *waiting; /* exchanges queued until the connection is up */
     h2c_gone_fn gone;
     void *owner;
+    size_t streams;       /* sides submitted or waiting */
+    uint32_t assumed_max; /* streams allowed until the peer's SETTINGS say */
+    unsigned got_settings : 1;
     unsigned connected : 1;
     unsigned unusable : 1; /* GOAWAY received, failed or closed: no new streams */
     char label[96];
@@ -27,6 +30,9 @@ static const struct side_ops h2c_ops;
 
 static void list_add(struct side **head, struct side *sd)
 {
+    struct h2c *h = sd->codec;
+    if (h)
+        h->streams++;
     sd->prev = NULL;
     sd->next = *head;
     if (*head)
@@ -36,6 +42,9 @@ static void list_add(struct side **head, struct side *sd)
 
 static void list_del(struct side **head, struct side *sd)
 {
+    struct h2c *h = sd->codec;
+    if (h && h->streams)
+        h->streams--;
     if (sd->prev)
         sd->prev->next = sd->next;
     else if (*head == sd)
@@ -62,6 +71,35 @@ unsigned long long h2c_id(const struct h2c *h)
 int h2c_usable(const struct h2c *h)
 {
     return !h->unusable && !h->conn->closing;
+}
+
+uint32_t h2c_peer_max_streams(const struct h2c *h)
+{
+    /* Until the peer's SETTINGS arrive nghttp2 reports no limit: use what the
+     * pool learned from its other connections, so a burst does not pile onto one. */
+    if (!h->got_settings)
+        return h->assumed_max ? h->assumed_max : 100;
+    return nghttp2_session_get_remote_settings(h->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+}
+
+int h2c_knows_peer_limit(const struct h2c *h)
+{
+    return h->got_settings;
+}
+
+void h2c_assume_max_streams(struct h2c *h, uint32_t n)
+{
+    h->assumed_max = n;
+}
+
+int h2c_has_room(const struct h2c *h)
+{
+    return h->streams < h2c_peer_max_streams(h);
+}
+
+size_t h2c_streams(const struct h2c *h)
+{
+    return h->streams;
 }
 
 void h2c_detach_owner(struct h2c *h)
@@ -130,6 +168,10 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
             x->resp.end = 1;
             x->up_ev->on_end(x);
         }
+        break;
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK))
+            h->got_settings = 1;
         break;
     case NGHTTP2_GOAWAY:
         nu_log(NU_LOG_INFO, "[c%llu] upstream %s sent GOAWAY (last stream %d, error %u): draining",

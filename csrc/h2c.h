@@ -2,6 +2,8 @@
 #ifndef NUNCIO_H2C_H
 #define NUNCIO_H2C_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 struct worker;
@@ -20,6 +22,13 @@ struct h2c *h2c_connect(struct worker *w, const struct sockaddr *sa, socklen_t s
 int h2c_submit(struct h2c *h, struct exchange *x);
 /* Can this connection take another stream now? */
 int h2c_usable(const struct h2c *h);
+/* Is it under the peer's SETTINGS_MAX_CONCURRENT_STREAMS? */
+int h2c_has_room(const struct h2c *h);
+size_t h2c_streams(const struct h2c *h);
+uint32_t h2c_peer_max_streams(const struct h2c *h);
+int h2c_knows_peer_limit(const struct h2c *h);
+/* Until its peer's SETTINGS arrive, a new connection takes at most n streams. */
+void h2c_assume_max_streams(struct h2c *h, uint32_t n);
 /* The owner (pool) goes away: stop reporting to it. */
 void h2c_detach_owner(struct h2c *h);
 unsigned long long h2c_id(const struct h2c *h);

@@ -14,8 +14,12 @@
 static void on_conn_gone(void *owner, struct h2c *h)
 {
     struct upstream_cluster *c = owner;
-    if (c->current == h)
-        c->current = NULL;
+    for (size_t i = 0; i < c->n_pool; i++) {
+        if (c->pool[i] == h) {
+            c->pool[i] = c->pool[--c->n_pool];
+            return;
+        }
+    }
 }
 
 struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *cfg, char *err, size_t errlen)
@@ -57,8 +61,8 @@ void upstream_set_free(struct upstream_set *u)
     if (!u)
         return;
     for (size_t i = 0; i < u->n; i++) {
-        if (u->v[i].current)
-            h2c_detach_owner(u->v[i].current);
+        for (size_t k = 0; k < u->v[i].n_pool; k++)
+            h2c_detach_owner(u->v[i].pool[k]);
         free(u->v[i].name);
         free(u->v[i].host);
         tls_client_free(u->v[i].tls);
@@ -103,12 +107,38 @@ int upstream_attach(struct upstream_set *u, int cluster, struct exchange *x, con
         return NU_ERR_CONFIG;
     }
     struct upstream_cluster *c = &u->v[cluster];
-    if (!c->current || !h2c_usable(c->current)) {
-        c->current = dial(u, c, why);
-        if (!c->current)
-            return NU_ERR_IO;
+    /* The first pooled connection with room under the peer's
+     * MAX_CONCURRENT_STREAMS; else a new one; at the cap, the least busy
+     * (nghttp2 queues the stream until one of its streams ends). */
+    struct h2c *h = NULL, *least = NULL;
+    uint32_t learned = 0; /* the peer's stream limit, as its connections told it */
+    for (size_t i = 0; i < c->n_pool; i++) {
+        struct h2c *p = c->pool[i];
+        if (h2c_knows_peer_limit(p) && h2c_peer_max_streams(p) > learned)
+            learned = h2c_peer_max_streams(p);
+        if (!h2c_usable(p))
+            continue;
+        if (h2c_has_room(p)) {
+            h = p;
+            break;
+        }
+        if (!least || h2c_streams(p) < h2c_streams(least))
+            least = p;
     }
-    int rc = h2c_submit(c->current, x);
+    if (!h && (c->n_pool < UPSTREAM_MAX_CONNS || !least)) {
+        h = dial(u, c, why);
+        if (!h)
+            return NU_ERR_IO;
+        if (learned)
+            h2c_assume_max_streams(h, learned);
+        if (c->n_pool < UPSTREAM_MAX_CONNS)
+            c->pool[c->n_pool++] = h;
+        else
+            h2c_detach_owner(h); /* unpooled: serves this stream, then closes when idle */
+    }
+    if (!h)
+        h = least;
+    int rc = h2c_submit(h, x);
     if (rc != NU_OK)
         *why = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
     return rc;

@@ -10,13 +10,20 @@ struct exchange;
 struct h2c;
 struct nu_config;
 
+/* Connections per cluster before new streams queue on the least busy one. */
+#define UPSTREAM_MAX_CONNS 16
+
 struct upstream_cluster {
     char *name;
     char *host;
     int port;
     int http2;
     int connect_timeout_ms;
-    struct h2c *current; /* the pooled connection new streams go to */
+    /* Pooled HTTP/2 connections taking new streams. A connection leaves the
+     * pool when it stops taking streams (GOAWAY, failure, close); it lives on
+     * until its streams finish. */
+    struct h2c *pool[UPSTREAM_MAX_CONNS];
+    size_t n_pool;
     struct tls_client *tls; /* originate TLS (NULL: cleartext) */
     uint64_t connects;   /* connections opened, for /stats */
 };

@@ -87,6 +87,29 @@ class UpstreamGoawayTest(NuncioTestCase):
         self.proxy.wait_stats(live_streams=0)
 
 
+class MaxConcurrentStreamsTest(NuncioTestCase):
+    """An upstream that allows 2 concurrent streams per connection: nuncio opens
+    more connections instead of queueing every call on one."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_upstream(max_concurrent_streams=2)
+        cls.start_proxy([mapping("echo", "/echo.Echo/", cls.up.address)])
+
+    def test_more_connections_when_the_peer_allows_few_streams(self):
+        with self.proxy.channel() as channel:
+            stub = echo_grpc.EchoStub(channel)
+            # warm up: the first connection learns the peer's SETTINGS
+            self.assertEqual(stub.Echo(echo.EchoRequest(text="warm"), timeout=CALL_TIMEOUT).text, "warm")
+            calls = [stub.Expand(echo.ExpandRequest(text="s", count=4, interval_ms=100), timeout=CALL_TIMEOUT)
+                     for _ in range(8)]
+            for call in calls:
+                self.assertEqual([r.index for r in call], [0, 1, 2, 3])
+        # 8 concurrent streams at 2 per connection need at least 4 connections
+        self.assertGreaterEqual(self.proxy.stats()["upstream_connects"], 4)
+        self.proxy.wait_stats(live_streams=0)
+
+
 # The user's router, found before the bundled one: it ignores paths and picks
 # the Mapping named by the x-route header (a deliberately different policy).
 USER_ROUTER = r"""

@@ -221,7 +221,7 @@ class Upstream:
     tls=(key_pem, cert_pem) (bytes): serve TLS instead (grpc ssl_server_credentials,
     ALPN h2); client_ca=pem: also require a client certificate signed by it."""
 
-    def __init__(self, workers=32, port=0, tls=None, client_ca=None):
+    def __init__(self, workers=32, port=0, tls=None, client_ca=None, max_concurrent_streams=None):
         s = stubs()
         self.lock = threading.Lock()
         self.calls = []          # (method path the server saw, metadata dict)
@@ -230,7 +230,10 @@ class Upstream:
         self.ended = {}          # tag -> threading.Event
         self.died = threading.Event()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                                  interceptors=[_Recorder(self)], options=GRPC_MSG_OPTIONS)
+                                  interceptors=[_Recorder(self)],
+                                  options=list(GRPC_MSG_OPTIONS) + ([("grpc.max_concurrent_streams",
+                                                                      max_concurrent_streams)]
+                                                                    if max_concurrent_streams else []))
         s.helloworld_pb2_grpc.add_GreeterServicer_to_server(Greeter(self), self.server)
         s.echo_pb2_grpc.add_EchoServicer_to_server(Echo(self), self.server)
         # grpcio binds with SO_REUSEPORT, so a second Upstream may share a port
