@@ -266,6 +266,18 @@ int nu_ffi_test_stream_set_body(struct stream *st, int which, const char *data, 
     return NU_FFI_OK;
 }
 
+int nu_ffi_test_stream_set_conn(struct stream *st, int local_port, int secure)
+{
+    if (!(st->flags & ST_F_TEST))
+        return NU_FFI_BAD_CONTEXT;
+    st->local_port = local_port;
+    if (secure)
+        st->flags |= ST_F_SECURE | ST_F_TLS;
+    else
+        st->flags &= ~(ST_F_SECURE | ST_F_TLS);
+    return NU_FFI_OK;
+}
+
 int nu_ffi_test_stream_free(struct stream *st)
 {
     if (!(st->flags & ST_F_TEST))

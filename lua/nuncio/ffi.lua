@@ -36,6 +36,7 @@ int nu_ffi_test_stream_new(struct stream **out, int grpc);
 int nu_ffi_test_stream_set_phase(struct stream *st, int phase);
 int nu_ffi_test_stream_free(struct stream *st);
 int nu_ffi_test_stream_set_body(struct stream *st, int which, const char *data, size_t len);
+int nu_ffi_test_stream_set_conn(struct stream *st, int local_port, int secure);
 ]]
 -- FFI-END
 

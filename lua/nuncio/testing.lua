@@ -51,7 +51,8 @@ function M.chain(opts)
   end
   local ch, cerrs = chain_mod.new(model)
   if not ch then error("chain errors:\n  " .. table.concat(cerrs, "\n  "), 2) end
-  return setmetatable({ chain = ch, model = model, warnings = warns or {} }, { __index = M.TestChain }), warns
+  return setmetatable({ chain = ch, model = model, warnings = warns or {}, local_port = opts.local_port,
+    secure = opts.secure }, { __index = M.TestChain }), warns
 end
 
 M.TestChain = {}
@@ -75,7 +76,8 @@ end
 local Result = {}
 Result.__index = Result
 
---- chain:request{ method?, path?, authority?, scheme?, headers?, body?, grpc? } -> result
+--- chain:request{ method?, path?, authority?, scheme?, headers?, body?, grpc?, local_port?, secure? } -> result
+--- (local_port / secure default to the chain's options of the same names)
 --- result fields: route, cluster (model cluster table), path, authority, headers
 --- (request headers as the upstream would get them), reply ({status, body,
 --- headers, grpc_status, grpc_message} when a local reply was made), error.
@@ -87,6 +89,10 @@ function M.TestChain:request(req)
     grpc = type(ct) == "string" and ct:match("^application/grpc") ~= nil and ct:sub(17, 17) ~= "-"
   end
   local st = new_test_stream(grpc)
+  -- What the connection would say: the listener's port (strip_matching_host_port)
+  -- and whether the request counts as secure (a Host's insecure action).
+  C.nu_ffi_test_stream_set_conn(st, req.local_port or self.local_port or 0,
+    (req.secure == nil and self.secure or req.secure) and 1 or 0)
   local s = stream_mod.new(st, self.chain)
   local rq = s.request
   rq:add(":method", req.method or (grpc and "POST" or "GET"))

@@ -42,31 +42,11 @@ local function b64(s)
 end
 
 -- load_text + build_model, warnings of both steps together
-local function load(text, opts)
-  local res, errs, warns = amb.load_text(text, "t.yaml", opts)
-  if not res then
-    return nil, errs, warns
-  end
-  local model, merrs, mwarns = amb.build_model(res, opts)
-  for _, w in ipairs(mwarns) do
-    warns[#warns + 1] = w
-  end
-  return model, merrs, warns
-end
+local fixtures = require("ambassador_fixtures")
+local load = fixtures.load
 
 -- one v3alpha1 resource; body lines go under spec: (the first body line is line 7)
-local function doc(kind, name, body, meta, api)
-  local lines = { "---", "apiVersion: " .. (api or "getambassador.io/v3alpha1"), "kind: " .. kind, "metadata:",
-    "  name: " .. name }
-  for _, l in ipairs(meta or {}) do
-    lines[#lines + 1] = "  " .. l
-  end
-  lines[#lines + 1] = "spec:"
-  for _, l in ipairs(body) do
-    lines[#lines + 1] = "  " .. l
-  end
-  return table.concat(lines, "\n") .. "\n"
-end
+local doc = fixtures.doc
 
 -- a kubernetes.io/tls Secret with base64 data (lines: "---" 1, apiVersion 2, data keys from 8)
 local function secret(name, crt, key, extra)

@@ -3,24 +3,8 @@
 -- their configuration as written there (reference/ambassador-behaviour.md §9). "200" in
 -- KAT means the request reached the upstream: here, a route and no local reply.
 local testing = require("nuncio.testing")
-local stream_mod = require("nuncio.stream")
 local ffi = require("ffi")
 pcall(ffi.cdef, "int setenv(const char *name, const char *value, int overwrite); int unsetenv(const char *name);")
-
--- The KAT harness listens on 8080 (and 8443); test streams have no listener of their own.
-local function on_listener(port, fn)
-  local info = stream_mod.Stream.info
-  stream_mod.Stream.info = function(self)
-    local i = info(self)
-    i.local_port = port
-    return i
-  end
-  local ok, err = pcall(fn)
-  stream_mod.Stream.info = info
-  if not ok then
-    error(err, 0)
-  end
-end
 
 local function routed(r)
   return r.reply == nil and r.route ~= nil
@@ -39,8 +23,8 @@ name: hostheadermapping
 prefix: /hostheadermapping/
 service: http://hostheadermapping-http
 host: inspector.external
-]] })
-    on_listener(8080, function()
+]], local_port = 8080 })
+    do
       local function get(authority)
         return chain:request({ path = "/hostheadermapping/", authority = authority })
       end
@@ -48,7 +32,7 @@ host: inspector.external
       assert.equal(404, get("inspector.internal").reply.status)
       assert.is_true(routed(get("inspector.external")))
       assert.equal(404, get("inspector.external:8080").reply.status)
-    end)
+    end
   end)
 
   it("t_mappingtests_default.py HostHeaderMappingStripMatchingHostPort", function()
@@ -66,8 +50,8 @@ name:  hostheadermappingstripmatchinghostport
 prefix: /hostheadermappingstripmatchinghostport/
 service: http://hostheadermappingstripmatchinghostport-http
 host: myhostname.com
-]] })
-    on_listener(8080, function()
+]], local_port = 8080 })
+    do
       local function get(authority)
         return chain:request({ path = "/hostheadermappingstripmatchinghostport/", authority = authority })
       end
@@ -78,7 +62,7 @@ host: myhostname.com
       assert.is_true(routed(stripped))
       assert.equal("myhostname.com", stripped.authority)
       assert.equal(404, get("myhostname.com:11875").reply.status)
-    end)
+    end
   end)
 
   local SLASHES = [[

@@ -2,7 +2,6 @@
 -- nuncio.testing, what the upstream (and the client) would get out
 -- (reference/ambassador-behaviour.md §1.6-§1.9, §5.1-§5.2).
 local testing = require("nuncio.testing")
-local stream_mod = require("nuncio.stream")
 local strip_host_port = require("strip_host_port")
 
 local HOST = [[
@@ -36,21 +35,6 @@ end
 
 local function chain_of(text, filters)
   return testing.chain({ ambassador = text .. HOST, filters = filters })
-end
-
--- Test streams have no listener; the proxy's would be the listener's port.
-local function with_listener_port(port, fn)
-  local info = stream_mod.Stream.info
-  stream_mod.Stream.info = function(self)
-    local i = info(self)
-    i.local_port = port
-    return i
-  end
-  local ok, err = pcall(fn)
-  stream_mod.Stream.info = info
-  if not ok then
-    error(err, 0)
-  end
 end
 
 local function count(list, want)
@@ -250,7 +234,8 @@ describe("strip_matching_host_port", function()
       on_request_headers = function(_, s) seen = s:authority() end } end } }
     local chain = chain_of(module({ "strip_matching_host_port: true" })
       .. yaml_doc("Mapping", "api", { "hostname: api.example.com", "prefix: /", "service: api" }), { spy })
-    with_listener_port(8443, function()
+    chain.local_port = 8443
+    do
       local r = chain:request({ authority = "api.example.com:8443" })
       assert.equal("api", r.route.name)
       assert.equal("api.example.com", r.authority) -- the upstream sees the stripped authority
@@ -259,14 +244,15 @@ describe("strip_matching_host_port", function()
       assert.equal("[::1]", chain:request({ authority = "[::1]:8443" }).authority)
       assert.equal("", chain:request({ authority = "" }).authority)
       assert.equal("host:", chain:request({ authority = "host:" }).authority)
-    end)
+    end
   end)
 
   it("is not in the chain without the Module setting", function()
     local chain = chain_of(yaml_doc("Mapping", "api", { "hostname: api.example.com", "prefix: /", "service: api" }))
-    with_listener_port(8443, function()
+    chain.local_port = 8443
+    do
       assert.equal(404, chain:request({ authority = "api.example.com:8443" }).reply.status)
-    end)
+    end
   end)
 end)
 
@@ -326,10 +312,11 @@ describe("Module lua_scripts", function()
     } end } }
     local chain = chain_of(module({ "strip_matching_host_port: true", "lua_scripts: 'x = 1'" }) .. mapping("a"),
       { user })
-    with_listener_port(8080, function()
+    chain.local_port = 8080
+    do
       local r = chain:request({ path = "/a/x", authority = "h:8080" })
       assert.equal("a", r.route.name)
-    end)
+    end
     assert.same({ "new:lua_scripts:false", "script:h", "user:x = 1" }, calls)
   end)
 
