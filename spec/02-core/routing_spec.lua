@@ -90,6 +90,9 @@ spec: {hostname: j.example.com, requestPolicy: {insecure: {action: Reject}}}
     assert.are.equal(301, r.reply.status)
     assert.are.equal("https://r.example.com/p", r.reply.headers.location)
     assert.are.equal(404, chain:request({ authority = "j.example.com", path = "/p" }).reply.status)
+    -- secure requests (TLS, or a SECURE listener) are routed on both Hosts
+    assert.are.equal("r", chain:request({ authority = "r.example.com", path = "/p", secure = true }).route.name)
+    assert.are.equal("j", chain:request({ authority = "j.example.com", path = "/p", secure = true }).route.name)
   end)
 
   it("reads an unquoted yes as YAML 1.1 true, as Ambassador does: a presence match", function()
