@@ -44,14 +44,7 @@ local function warnings_of(text)
   return warns, model
 end
 
-local function contains(list, s)
-  for _, v in ipairs(list) do
-    if v == s then
-      return true
-    end
-  end
-  return false
-end
+local contains = fixtures.contains
 
 describe("nuncio.ambassador", function()
   describe("the gRPC greeter example", function()

@@ -85,14 +85,7 @@ local function errors_of(text, opts)
   return errs
 end
 
-local function contains(list, s)
-  for _, v in ipairs(list) do
-    if v == s then
-      return true
-    end
-  end
-  return false
-end
+local contains = fixtures.contains
 
 local function names_of(list)
   local out = {}

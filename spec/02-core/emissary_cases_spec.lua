@@ -198,17 +198,12 @@ remove_request_headers:
   end)
 
   describe("with the bundled envoy_scripts filter", function()
-    local have = pcall(require, "envoy_scripts.handler")
 
     after_each(function()
       ffi.C.unsetenv("LUA_SCRIPTS_ENABLED")
     end)
 
     it("t_lua_scripts.py LuaTest: $LUA_SCRIPTS_ENABLED expanded, the response header added", function()
-      if not have then
-        pending("filters/envoy_scripts is not there yet")
-        return
-      end
       ffi.C.setenv("LUA_SCRIPTS_ENABLED", "Processed", 1)
       local chain, warns = testing.chain({ ambassador = [[
 ---
@@ -244,29 +239,7 @@ spec:
     end)
 
     it("the guide's port-stripping snippet, pasted verbatim, routes any port", function()
-      if not have then
-        pending("filters/envoy_scripts is not there yet")
-        return
-      end
-      local chain = testing.chain({ ambassador = [[
----
-apiVersion: getambassador.io/v3alpha1
-kind:  Module
-metadata:
-  name:  ambassador
-  namespace: ambassador
-spec:
-  config:
-    lua_scripts: |
-      function envoy_on_request(request_handle)
-        local authority = request_handle:headers():get(":authority")
-        if(string.find(authority, ":") ~= nil)
-        then
-          local authority_index = string.find(authority, ":")
-          local stripped_authority = string.sub(authority, 1, authority_index - 1)
-          request_handle:headers():replace(":authority", stripped_authority)
-        end
-      end
+      local chain = testing.chain({ ambassador = require("ambassador_fixtures").guide_lua_module() .. [[
 ---
 apiVersion: getambassador.io/v3alpha1
 kind: Mapping
@@ -306,10 +279,6 @@ spec:
     end)
 
     it("a script that fails when it starts is a config error at its line in the file", function()
-      if not have then
-        pending("filters/envoy_scripts is not there yet")
-        return
-      end
       local ok, err = pcall(testing.chain, { ambassador = [[
 ---
 apiVersion: getambassador.io/v3alpha1

@@ -34,4 +34,23 @@ function M.doc(kind, name, body, meta, api)
   return table_concat(lines, "\n") .. "\n"
 end
 
+--- Is s one of list's values?
+function M.contains(list, s)
+  for _, v in ipairs(list) do
+    if v == s then
+      return true
+    end
+  end
+  return false
+end
+
+--- The guide's Module with the port-stripping lua_scripts, as the guide prints it.
+function M.guide_lua_module()
+  local src = os.getenv("NUNCIO_SRC") or "."
+  local f = assert(io.open(src .. "/spec/fixtures/ambassador/guide-lua-module.yaml"))
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
 return M

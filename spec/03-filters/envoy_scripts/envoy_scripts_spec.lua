@@ -10,26 +10,7 @@ local handler = helpers.handler
 -- shared/reference/ambassador-behaviour.md §5.1: the Module from the
 -- Ambassador gRPC guide ("Working with Host headers that include the port"),
 -- verbatim.
-local GUIDE_MODULE = [[
----
-apiVersion: getambassador.io/v3alpha1
-kind:  Module
-metadata:
-  name:  ambassador
-  namespace: ambassador
-spec:
-  config:
-    lua_scripts: |
-      function envoy_on_request(request_handle)
-        local authority = request_handle:headers():get(":authority")
-        if(string.find(authority, ":") ~= nil)
-        then
-          local authority_index = string.find(authority, ":")
-          local stripped_authority = string.sub(authority, 1, authority_index - 1)
-          request_handle:headers():replace(":authority", stripped_authority)
-        end
-      end
-]]
+local GUIDE_MODULE = require("ambassador_fixtures").guide_lua_module()
 
 local function guide_script()
   local docs = assert(yaml.load(GUIDE_MODULE, "guide.yaml"))
