@@ -81,8 +81,12 @@ static int on_message_complete(http_parser *p)
         for (size_t i = 0; w->ups && i < w->ups->n; i++)
             connects += w->ups->v[i].connects;
         /* This admin connection itself is one of the live ones: leave it out. */
-        snprintf(body, sizeof body, "live_streams %llu\nlive_conns %llu\nupstream_connects %llu\nlua_errors %llu\n",
+        snprintf(body, sizeof body,
+                 "live_streams %llu\nlive_conns %llu\nupstream_connects %llu\nlive_upstream_conns %llu\n"
+                 "upstream_retries %llu\nupstream_ejections %llu\nlua_errors %llu\n",
                  (unsigned long long)w->live_streams, (unsigned long long)(w->live_conns - 1), connects,
+                 (unsigned long long)w->live_upstream_conns,
+                 (unsigned long long)(w->ups ? w->ups->retries : 0), (unsigned long long)(w->ups ? w->ups->ejections : 0),
                  (unsigned long long)stream_api_counter(STREAM_API_LUA_ERRORS));
         reply(a, 200, "OK", body, ka);
     } else {

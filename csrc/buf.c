@@ -93,6 +93,14 @@ size_t chunkq_read(struct chunkq *q, uint8_t *dst, size_t max)
     return done;
 }
 
+int chunkq_append_q(struct chunkq *dst, const struct chunkq *src)
+{
+    for (const struct chunk *c = src->head; c; c = c->next)
+        if (chunkq_append(dst, c->data + c->off, c->len - c->off) != NU_OK)
+            return NU_ERR_NOMEM;
+    return NU_OK;
+}
+
 void chunkq_clear(struct chunkq *q)
 {
     struct chunk *c = q->head;

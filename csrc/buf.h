@@ -45,5 +45,6 @@ struct chunkq {
 int chunkq_append(struct chunkq *q, const uint8_t *p, size_t n); /* copies */
 size_t chunkq_read(struct chunkq *q, uint8_t *dst, size_t max);  /* copies out, frees drained chunks */
 void chunkq_clear(struct chunkq *q);
+int chunkq_append_q(struct chunkq *dst, const struct chunkq *src); /* copies src's bytes */
 
 #endif

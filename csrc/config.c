@@ -123,6 +123,138 @@ static void free_tls(struct nu_tls_cfg *tc)
     free_str_list(tc->ciphers, tc->n_ciphers);
 }
 
+/* The cluster's endpoints ({host, port} list) and balancer ({policy, hash}). */
+static int read_balancing(lua_State *L, int t, struct nu_cluster_cfg *cc)
+{
+    lua_getfield(L, t, "endpoints");
+    size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+    if (n && !(cc->endpoints = calloc(n, sizeof *cc->endpoints))) {
+        lua_pop(L, 1);
+        return NU_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        struct nu_endpoint_cfg *e = &cc->endpoints[cc->n_endpoints++];
+        e->host = get_str(L, lua_gettop(L), "host", NULL);
+        e->port = get_int(L, lua_gettop(L), "port", 80);
+        lua_pop(L, 1);
+        if (!e->host) {
+            lua_pop(L, 1);
+            return NU_ERR_NOMEM;
+        }
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, t, "lb");
+    if (lua_istable(L, -1)) {
+        int lb = lua_gettop(L);
+        char *policy = get_str(L, lb, "policy", "round_robin");
+        if (!policy) {
+            lua_pop(L, 1);
+            return NU_ERR_NOMEM;
+        }
+        cc->lb_policy = strcmp(policy, "least_request") == 0 ? NU_LB_LEAST_REQUEST
+                        : strcmp(policy, "round_robin") == 0 ? NU_LB_ROUND_ROBIN
+                                                             : NU_LB_HASH;
+        free(policy);
+        lua_getfield(L, lb, "hash");
+        if (lua_istable(L, -1)) {
+            int h = lua_gettop(L);
+            cc->hash_header = get_str(L, h, "header", NULL);
+            cc->hash_cookie = get_str(L, h, "cookie", NULL);
+            cc->hash_source_ip = get_bool(L, h, "source_ip");
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return NU_OK;
+}
+
+static unsigned retry_on_bit(const char *s)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } names[] = {
+        {"5xx", NU_RETRY_5XX},
+        {"gateway-error", NU_RETRY_GATEWAY_ERROR},
+        {"connect-failure", NU_RETRY_CONNECT_FAILURE},
+        {"retriable-4xx", NU_RETRY_RETRIABLE_4XX},
+        {"refused-stream", NU_RETRY_REFUSED_STREAM},
+        {"retriable-status-codes", NU_RETRY_STATUS_CODES},
+        {"reset", NU_RETRY_RESET},
+        {"cancelled", NU_RETRY_GRPC_CANCELLED},
+        {"deadline-exceeded", NU_RETRY_GRPC_DEADLINE_EXCEEDED},
+        {"internal", NU_RETRY_GRPC_INTERNAL},
+        {"resource-exhausted", NU_RETRY_GRPC_RESOURCE_EXHAUSTED},
+        {"unavailable", NU_RETRY_GRPC_UNAVAILABLE},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(s, names[i].name) == 0)
+            return names[i].bit;
+    return 0; /* the Lua loader refused anything else */
+}
+
+static int read_policy(lua_State *L, int t, struct nu_route_policy *p)
+{
+    p->num_retries = get_int(L, t, "num_retries", 0);
+    p->per_try_timeout_ms = get_int(L, t, "per_try_timeout_ms", 0);
+    p->idle_timeout_ms = get_int(L, t, "idle_timeout_ms", NU_DEFAULT_STREAM_IDLE_TIMEOUT_MS);
+    char **on;
+    size_t n_on;
+    if (get_str_list(L, t, "retry_on", &on, &n_on) != NU_OK)
+        return NU_ERR_NOMEM;
+    for (size_t i = 0; i < n_on; i++)
+        p->retry_on |= retry_on_bit(on[i]);
+    free_str_list(on, n_on);
+    lua_getfield(L, t, "retriable_status_codes");
+    size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+    if (n && !(p->status_codes = calloc(n, sizeof *p->status_codes))) {
+        lua_pop(L, 1);
+        return NU_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        p->status_codes[p->n_status_codes++] = (int)lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return NU_OK;
+}
+
+/* Routes' policies (model.policies) and passive health (model.outlier_detection). */
+static int read_policies(lua_State *L, int idx, struct nu_config *cfg)
+{
+    lua_getfield(L, idx, "policies");
+    size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+    cfg->policies = calloc(n ? n : 1, sizeof *cfg->policies);
+    if (!cfg->policies) {
+        lua_pop(L, 1);
+        return NU_ERR_NOMEM;
+    }
+    cfg->n_policies = n ? n : 1;
+    cfg->policies[0].idle_timeout_ms = NU_DEFAULT_STREAM_IDLE_TIMEOUT_MS;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        int rc = read_policy(L, lua_gettop(L), &cfg->policies[i]);
+        lua_pop(L, 1);
+        if (rc != NU_OK) {
+            lua_pop(L, 1);
+            return rc;
+        }
+    }
+    lua_pop(L, 1);
+    cfg->outlier = (struct nu_outlier_cfg){5, 30000, 10};
+    lua_getfield(L, idx, "outlier_detection");
+    if (lua_istable(L, -1)) {
+        int t = lua_gettop(L);
+        cfg->outlier.consecutive_failures = get_int(L, t, "consecutive_failures", 5);
+        cfg->outlier.base_ejection_time_ms = get_int(L, t, "base_ejection_time_ms", 30000);
+        cfg->outlier.max_ejection_percent = get_int(L, t, "max_ejection_percent", 10);
+    }
+    lua_pop(L, 1);
+    return NU_OK;
+}
+
 int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -201,6 +333,11 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         cc->port = get_int(L, t, "port", 80);
         cc->http2 = get_bool(L, t, "http2");
         cc->connect_timeout_ms = get_int(L, t, "connect_timeout_ms", 3000);
+        cc->idle_timeout_ms = get_int(L, t, "idle_timeout_ms", 3600000); /* Envoy's default: 1 h */
+        if (read_balancing(L, t, cc) != NU_OK) {
+            lua_pop(L, 1);
+            goto nomem;
+        }
         lua_getfield(L, t, "tls");
         if (lua_istable(L, -1)) {
             cc->tls = calloc(1, sizeof *cc->tls);
@@ -223,10 +360,17 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
 
     /* Envoy's connection manager writes `server` on every response it sends. */
     lua_getfield(L, idx, "http");
-    if (lua_istable(L, -1))
+    cfg->listener_idle_timeout_ms = 3600000; /* Envoy's default for the connection manager: 1 h */
+    if (lua_istable(L, -1)) {
         cfg->server_name = get_str(L, lua_gettop(L), "server_name", "envoy");
+        cfg->listener_idle_timeout_ms = get_int(L, lua_gettop(L), "listener_idle_timeout_ms", 3600000);
+    }
     lua_pop(L, 1);
+    cfg->request_headers_timeout_ms = get_int(L, idx, "request_headers_timeout_ms", 10000);
     if (!cfg->server_name && !(cfg->server_name = strdup("envoy")))
+        goto nomem;
+
+    if (read_policies(L, idx, cfg) != NU_OK)
         goto nomem;
 
     lua_getfield(L, idx, "tls_contexts");
@@ -267,8 +411,16 @@ void config_free(struct nu_config *cfg)
             free_tls(cfg->clusters[i].tls);
             free(cfg->clusters[i].tls);
         }
+        for (size_t k = 0; k < cfg->clusters[i].n_endpoints; k++)
+            free(cfg->clusters[i].endpoints[k].host);
+        free(cfg->clusters[i].endpoints);
+        free(cfg->clusters[i].hash_header);
+        free(cfg->clusters[i].hash_cookie);
     }
     free(cfg->clusters);
+    for (size_t i = 0; i < cfg->n_policies; i++)
+        free(cfg->policies[i].status_codes);
+    free(cfg->policies);
     for (size_t i = 0; i < cfg->n_tls_contexts; i++)
         free_tls(&cfg->tls_contexts[i]);
     free(cfg->tls_contexts);

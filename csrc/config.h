@@ -38,14 +38,70 @@ struct nu_listener_cfg {
     int l7_depth;
 };
 
+/* How a cluster picks an endpoint per request (Mapping load_balancer.policy). */
+enum nu_lb_policy {
+    NU_LB_ROUND_ROBIN = 0,
+    NU_LB_LEAST_REQUEST = 1,
+    NU_LB_HASH = 2, /* ring_hash and maglev: the same key goes to the same endpoint */
+};
+
+struct nu_endpoint_cfg {
+    char *host;
+    int port;
+};
+
 struct nu_cluster_cfg {
     char *name;
     char *host;
     int port;
     int http2;
     int connect_timeout_ms;
+    int idle_timeout_ms; /* a pooled connection without streams that long is closed; 0: never */
+    struct nu_endpoint_cfg *endpoints; /* from the native config; none: resolve host:port */
+    size_t n_endpoints;
+    int lb_policy;
+    char *hash_header; /* NU_LB_HASH keys: one of these three */
+    char *hash_cookie;
+    int hash_source_ip;
     struct nu_tls_cfg *tls; /* NULL: cleartext */
 };
+
+/* Conditions of a route's retry_policy.retry_on (Envoy's names). */
+enum nu_retry_on {
+    NU_RETRY_5XX = 1 << 0,
+    NU_RETRY_GATEWAY_ERROR = 1 << 1,
+    NU_RETRY_CONNECT_FAILURE = 1 << 2,
+    NU_RETRY_RETRIABLE_4XX = 1 << 3,
+    NU_RETRY_REFUSED_STREAM = 1 << 4,
+    NU_RETRY_STATUS_CODES = 1 << 5,
+    NU_RETRY_RESET = 1 << 6,
+    NU_RETRY_GRPC_CANCELLED = 1 << 7,
+    NU_RETRY_GRPC_DEADLINE_EXCEEDED = 1 << 8,
+    NU_RETRY_GRPC_INTERNAL = 1 << 9,
+    NU_RETRY_GRPC_RESOURCE_EXHAUSTED = 1 << 10,
+    NU_RETRY_GRPC_UNAVAILABLE = 1 << 11,
+};
+
+/* What a route asks of its upstream calls beyond the cluster: retries and the
+ * stream idle timeout. Routes name one by index; index 0 is the default. */
+struct nu_route_policy {
+    unsigned retry_on; /* enum nu_retry_on bits; 0: no retries */
+    int num_retries;
+    int per_try_timeout_ms; /* 0: none */
+    int idle_timeout_ms;    /* stream idle timeout; 0: none */
+    int *status_codes;      /* retriable-status-codes */
+    size_t n_status_codes;
+};
+
+/* Passive health: endpoints that keep failing leave the rotation for a while. */
+struct nu_outlier_cfg {
+    int consecutive_failures; /* 0: never eject */
+    int base_ejection_time_ms;
+    int max_ejection_percent;
+};
+
+/* Envoy's stream_idle_timeout default, for routes without idle_timeout_ms. */
+#define NU_DEFAULT_STREAM_IDLE_TIMEOUT_MS 300000
 
 struct nu_config {
     int workers;
@@ -57,7 +113,12 @@ struct nu_config {
     size_t n_listeners;
     struct nu_cluster_cfg *clusters;
     size_t n_clusters;
+    struct nu_route_policy *policies; /* at least one: [0] is the default */
+    size_t n_policies;
+    struct nu_outlier_cfg outlier;
     char *server_name;               /* the `server` response header (Module server_name) */
+    int listener_idle_timeout_ms;    /* downstream connection without streams: GOAWAY after this; 0: never */
+    int request_headers_timeout_ms;  /* preface and each header block must arrive within this; 0: no limit */
     struct nu_tls_cfg *tls_contexts; /* termination certificates */
     size_t n_tls_contexts;
 };

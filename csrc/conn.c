@@ -80,6 +80,7 @@ struct conn *conn_accepted(struct worker *w, int fd, const struct sockaddr *sa)
     if (!c)
         return NULL;
     conn_format_addr(sa, c->peer, sizeof c->peer);
+    c->accepted_at = ev_now(w->loop);
     struct sockaddr_storage local;
     socklen_t len = sizeof local;
     if (getsockname(fd, (struct sockaddr *)&local, &len) == 0)
@@ -88,14 +89,18 @@ struct conn *conn_accepted(struct worker *w, int fd, const struct sockaddr *sa)
     return c;
 }
 
-void conn_accept_with(struct conn *c, struct tls_server *ts, conn_ready_fn ready, void *arg)
+void conn_accept_with(struct conn *c, struct tls_server *ts, double first_byte_timeout, conn_ready_fn ready, void *arg)
 {
     c->sniffing = 1;
     c->sniff_tls = ts;
     c->ready = ready;
     c->ready_arg = arg;
-    /* Sniff and handshake share one deadline: a client that never finishes is cut. */
-    ev_timer_init(&c->connect_timer, on_timeout, CONN_HANDSHAKE_TIMEOUT, 0.);
+    /* A silent client gets the shorter of the two deadlines: silence is not a
+     * slow handshake, and the request-header timeout counts from accept. */
+    c->first_byte_timeout = CONN_HANDSHAKE_TIMEOUT;
+    if (first_byte_timeout > 0 && first_byte_timeout < CONN_HANDSHAKE_TIMEOUT)
+        c->first_byte_timeout = first_byte_timeout;
+    ev_timer_init(&c->connect_timer, on_timeout, c->first_byte_timeout, 0.);
 }
 
 const char *conn_alpn(struct conn *c)
@@ -115,7 +120,11 @@ static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
         c->h->on_connect(c, NU_ERR_TIMEOUT);
         return;
     }
-    if (c->sniffing || c->handshaking) {
+    if (c->sniffing) {
+        nu_log(NU_LOG_INFO, "[c%llu] %s: sent nothing within %.3g s: closed", (unsigned long long)c->id, c->peer,
+               c->first_byte_timeout);
+        conn_close(c, NU_ERR_TIMEOUT);
+    } else if (c->handshaking) {
         nu_log(NU_LOG_INFO, "[c%llu] %s: no TLS handshake within %.0f s: closed", (unsigned long long)c->id, c->peer,
                CONN_HANDSHAKE_TIMEOUT);
         conn_close(c, NU_ERR_TIMEOUT);
@@ -307,6 +316,12 @@ static void sniff(struct conn *c)
     }
     c->sniffing = 0;
     if (b == 0x16 && c->sniff_tls) {
+        /* The first byte's deadline may have been shorter: the handshake ends
+         * CONN_HANDSHAKE_TIMEOUT after accept, as before. */
+        double left = c->accepted_at + CONN_HANDSHAKE_TIMEOUT - ev_now(c->w->loop);
+        ev_timer_stop(c->w->loop, &c->connect_timer);
+        ev_timer_set(&c->connect_timer, left > 0 ? left : 0., 0.);
+        ev_timer_start(c->w->loop, &c->connect_timer);
         start_handshake(c, tls_new_server(c->sniff_tls, c->fd));
         return;
     }

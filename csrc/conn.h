@@ -66,9 +66,11 @@ struct conn {
     unsigned secure : 1;      /* requests on it count as secure (listener securityModel) */
     unsigned trust_xfp : 1;   /* a client's x-forwarded-proto is believed (l7Depth > 0) */
     int local_port;
-    double connect_timeout; /* upstream: for the TCP connect, then again for the TLS handshake */
-    char peer[64];    /* "ip:port" for logs */
-    char detail[200]; /* why a connect or handshake failed, for replies and logs */
+    double accepted_at;        /* downstream: ev_now() at accept */
+    double first_byte_timeout; /* downstream: how long the client may stay silent after accept */
+    double connect_timeout;    /* upstream: for the TCP connect, then again for the TLS handshake */
+    char peer[64];             /* "ip:port" for logs */
+    char detail[200];          /* why a connect or handshake failed, for replies and logs */
 };
 
 struct conn *conn_accepted(struct worker *w, int fd, const struct sockaddr *sa);
@@ -76,8 +78,10 @@ struct conn *conn_accepted(struct worker *w, int fd, const struct sockaddr *sa);
 struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t salen, double timeout_s,
                           struct tls_client *tc, int *err);
 /* Downstream: wait for the first byte; a TLS handshake record starts TLS with
- * ts (NULL: cleartext only), anything else is cleartext. ready attaches the codec. */
-void conn_accept_with(struct conn *c, struct tls_server *ts, conn_ready_fn ready, void *arg);
+ * ts (NULL: cleartext only), anything else is cleartext. ready attaches the codec.
+ * first_byte_timeout: a client silent that long is cut (0: only the handshake
+ * deadline, CONN_HANDSHAKE_TIMEOUT, applies; it is never longer than that). */
+void conn_accept_with(struct conn *c, struct tls_server *ts, double first_byte_timeout, conn_ready_fn ready, void *arg);
 const char *conn_alpn(struct conn *c);
 void conn_set_handler(struct conn *c, const struct conn_handler *h, void *codec);
 void conn_start(struct conn *c);

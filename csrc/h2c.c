@@ -4,6 +4,7 @@
 #include "h2_common.h"
 #include "log.h"
 #include "nuncio.h"
+#include "worker.h"
 
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
@@ -17,11 +18,16 @@ struct h2c {
     struct side *waiting; /* exchanges queued until the connection is up */
     h2c_gone_fn gone;
     void *owner;
-    size_t streams;       /* sides submitted or waiting */
-    uint32_t assumed_max; /* streams allowed until the peer's SETTINGS say */
+    size_t streams;        /* sides submitted or waiting */
+    uint32_t assumed_max;  /* streams allowed until the peer's SETTINGS say */
+    double idle_timeout;   /* seconds without streams before the connection is closed; 0: never */
+    ev_timer idle_timer;   /* runs while streams == 0 */
+    ev_timer linger_timer; /* after our GOAWAY */
     unsigned got_settings : 1;
     unsigned connected : 1;
     unsigned unusable : 1; /* GOAWAY received, failed or closed: no new streams */
+    unsigned closing : 1;  /* our GOAWAY is out or the conn is closed: timers stay off */
+    unsigned counted : 1;  /* in the worker's live_upstream_conns */
     char label[96];
     char why[240]; /* what made the connection fail, for the streams' replies */
 };
@@ -63,9 +69,61 @@ static void mark_unusable(struct h2c *h)
         h->gone(h->owner, h);
 }
 
+/* After our GOAWAY, an upstream that does not read it still loses the connection this much later. */
+#define H2C_GOAWAY_LINGER 5.0
+
+/* Called wherever the stream count may have changed: the idle timer runs
+ * exactly while the connection has no stream, restarting from full each time. */
+static void idle_check(struct h2c *h)
+{
+    struct ev_loop *loop = h->conn->w->loop;
+    if (h->streams > 0 || h->closing || h->idle_timeout <= 0) {
+        ev_timer_stop(loop, &h->idle_timer);
+        return;
+    }
+    if (ev_is_active(&h->idle_timer))
+        return;
+    ev_timer_set(&h->idle_timer, h->idle_timeout, 0.);
+    ev_timer_start(loop, &h->idle_timer);
+}
+
+static void on_linger(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2c *h = nu_container_of(t, struct h2c, linger_timer);
+    conn_close(h->conn, NU_ERR_TIMEOUT);
+}
+
+static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2c *h = nu_container_of(t, struct h2c, idle_timer);
+    nu_log(NU_LOG_INFO, "[c%llu] upstream %s: no stream for %.3g s (idle timeout): closing",
+           (unsigned long long)h->conn->id, h->label, h->idle_timeout);
+    /* Out of the pool first, so no new stream lands on a connection about to close. */
+    mark_unusable(h);
+    h->closing = 1;
+    if (!h->connected || nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR) != 0) {
+        conn_close(h->conn, NU_OK);
+        return;
+    }
+    ev_timer_start(loop, &h->linger_timer);
+    conn_want_write(h->conn);
+}
+
+void h2c_set_idle_timeout(struct h2c *h, double secs)
+{
+    h->idle_timeout = secs > 0 ? secs : 0;
+    ev_timer_stop(h->conn->w->loop, &h->idle_timer);
+    idle_check(h);
+}
+
 unsigned long long h2c_id(const struct h2c *h)
 {
     return (unsigned long long)h->conn->id;
+}
+
+int h2c_was_connected(const struct h2c *h)
+{
+    return h->connected;
 }
 
 int h2c_usable(const struct h2c *h)
@@ -75,10 +133,14 @@ int h2c_usable(const struct h2c *h)
 
 uint32_t h2c_peer_max_streams(const struct h2c *h)
 {
-    /* Until the peer's SETTINGS arrive nghttp2 reports no limit: use what the
-     * pool learned from its other connections, so a burst does not pile onto one. */
+    /* Until the peer's SETTINGS arrive: what the pool learned from its other
+     * connections, so a burst does not pile onto one; with nothing learned, no
+     * limit (RFC 9113's initial value) rather than a guess that would dial a
+     * second connection for a burst the first can carry. nghttp2 itself holds
+     * streams past 100 until the SETTINGS come, and a stream the peer refuses
+     * is retried (stream.c). */
     if (!h->got_settings)
-        return h->assumed_max ? h->assumed_max : 100;
+        return h->assumed_max ? h->assumed_max : UINT32_MAX;
     return nghttp2_session_get_remote_settings(h->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
 }
 
@@ -217,6 +279,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     if (x->up.unconsumed)
         nghttp2_session_consume_connection(ng, (size_t)x->up.unconsumed);
     side_closed(h, x, error_code, error_code == NGHTTP2_NO_ERROR ? NU_OK : NU_ERR_PROTO);
+    idle_check(h);
     return 0;
 }
 
@@ -285,6 +348,7 @@ int h2c_submit(struct h2c *h, struct exchange *x)
     x->up.id = -1;
     if (!h->connected) {
         list_add(&h->waiting, &x->up);
+        idle_check(h);
         return NU_OK;
     }
     int rc = submit_now(h, x);
@@ -292,6 +356,7 @@ int h2c_submit(struct h2c *h, struct exchange *x)
         x->up.ops = NULL;
         x->up.codec = NULL;
     }
+    idle_check(h);
     return rc;
 }
 
@@ -321,6 +386,7 @@ static void h2c_reset(struct exchange *x, uint32_t h2_error)
         /* Never sent: just forget it, as if the stream had closed. */
         list_del(&h->waiting, &x->up);
         side_closed(h, x, h2_error, NU_ERR_CLOSED);
+        idle_check(h);
         return;
     }
     nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, x->up.id, h2_error);
@@ -430,11 +496,19 @@ static void h2c_on_connect(struct conn *c, int err)
         if (submit_now(h, x) != NU_OK)
             side_closed(h, x, NGHTTP2_REFUSED_STREAM, NU_ERR_PROTO);
     }
+    idle_check(h);
 }
 
 static void h2c_on_close(struct conn *c, int err)
 {
     struct h2c *h = c->codec;
+    h->closing = 1;
+    ev_timer_stop(c->w->loop, &h->idle_timer);
+    ev_timer_stop(c->w->loop, &h->linger_timer);
+    if (h->counted) {
+        h->counted = 0;
+        c->w->live_upstream_conns--;
+    }
     mark_unusable(h);
     /* A connect failure keeps its own reason; a drop after connecting is a "connection termination". */
     fail_all(h, h->connected ? NU_ERR_CLOSED : (err == NU_OK ? NU_ERR_IO : err));
@@ -495,6 +569,10 @@ struct h2c *h2c_connect(struct worker *w, const struct sockaddr *sa, socklen_t s
         return NULL;
     }
     h->conn = c;
+    ev_timer_init(&h->idle_timer, on_idle, 0., 0.);
+    ev_timer_init(&h->linger_timer, on_linger, H2C_GOAWAY_LINGER, 0.);
+    h->counted = 1;
+    w->live_upstream_conns++;
     conn_set_handler(c, &h2c_handler, h);
     conn_start(c);
     return h;

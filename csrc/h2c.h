@@ -29,8 +29,13 @@ uint32_t h2c_peer_max_streams(const struct h2c *h);
 int h2c_knows_peer_limit(const struct h2c *h);
 /* Until its peer's SETTINGS arrive, a new connection takes at most n streams. */
 void h2c_assume_max_streams(struct h2c *h, uint32_t n);
+/* A connection without streams for secs is closed (GOAWAY NO_ERROR), leaving
+ * its pool first; the timer restarts whenever the last stream ends. 0: never. */
+void h2c_set_idle_timeout(struct h2c *h, double secs);
 /* The owner (pool) goes away: stop reporting to it. */
 void h2c_detach_owner(struct h2c *h);
 unsigned long long h2c_id(const struct h2c *h);
+/* Did the connection ever get up (a failed dial did not)? */
+int h2c_was_connected(const struct h2c *h);
 
 #endif

@@ -12,13 +12,46 @@
 /* Request header blocks above this are refused (RST_STREAM); Envoy's default limit is 60 KiB. */
 #define H2S_MAX_HEADER_BYTES (60 * 1024)
 
+/* After our GOAWAY, a client that does not read it still loses the connection this much later. */
+#define H2S_GOAWAY_LINGER 5.0
+
+#define H2S_FRAME_HEADERS 0x1
+#define H2S_FRAME_SETTINGS 0x4
+#define H2S_FRAME_CONTINUATION 0x9
+#define H2S_FLAG_END_HEADERS 0x4
+
+/* The client's frames as the request-header timeout sees them, read off the
+ * raw bytes: nghttp2 says nothing about a header block it ignores (a refused
+ * stream's) and nothing while a frame's payload trickles in. */
+struct h2s_framer {
+    uint32_t preface_left; /* client preface bytes still to come */
+    uint8_t head[9];       /* the frame header being read */
+    uint8_t head_len;
+    uint8_t type, flags;
+    uint32_t payload_left;      /* of the current frame */
+    int32_t block_stream;       /* stream of the open (or last) header block */
+    int32_t last_complete;      /* highest stream whose header block ended */
+    unsigned settings_done : 1; /* the client's first SETTINGS frame is in, whole */
+    unsigned in_block : 1;      /* a HEADERS frame came and its block has not ended */
+};
+
+/* What hdr_timer is timing. */
+enum { H2S_WATCH_NONE, H2S_WATCH_PREFACE, H2S_WATCH_BLOCK };
+
 struct h2s {
     struct conn *conn;
     nghttp2_session *ng;
     h2s_open_fn open;
     void *open_arg;
-    struct side *sides; /* open streams that have an exchange */
-    int heard_client;   /* the client's preface arrived: our SETTINGS may go out */
+    struct side *sides;                  /* open streams that have an exchange */
+    int heard_client;                    /* the client's preface arrived: our SETTINGS may go out */
+    double idle_timeout, header_timeout; /* seconds; 0: off */
+    ev_timer idle_timer;                 /* runs while no stream is open */
+    ev_timer hdr_timer;                  /* the preface, then each header block */
+    ev_timer linger_timer;               /* after our GOAWAY */
+    int watching;                        /* H2S_WATCH_* */
+    int terminating;                     /* GOAWAY submitted: the connection closes once it is written */
+    struct h2s_framer fr;
 };
 
 static const struct side_ops h2s_ops;
@@ -48,6 +81,131 @@ static struct exchange *stream_x(nghttp2_session *ng, int32_t id)
     return nghttp2_session_get_stream_user_data(ng, id);
 }
 
+static void framer_feed(struct h2s_framer *f, const uint8_t *p, size_t n)
+{
+    size_t k = n < f->preface_left ? n : f->preface_left;
+    f->preface_left -= (uint32_t)k;
+    p += k;
+    n -= k;
+    while (n > 0) {
+        if (f->head_len < sizeof f->head) {
+            k = sizeof f->head - f->head_len;
+            if (k > n)
+                k = n;
+            memcpy(f->head + f->head_len, p, k);
+            f->head_len += (uint8_t)k;
+            p += k;
+            n -= k;
+            if (f->head_len < sizeof f->head)
+                break;
+            f->payload_left = (uint32_t)f->head[0] << 16 | (uint32_t)f->head[1] << 8 | f->head[2];
+            f->type = f->head[3];
+            f->flags = f->head[4];
+            if (f->type == H2S_FRAME_HEADERS) {
+                f->in_block = 1;
+                f->block_stream = (int32_t)(((uint32_t)f->head[5] & 0x7f) << 24 | (uint32_t)f->head[6] << 16 |
+                                            (uint32_t)f->head[7] << 8 | f->head[8]);
+            }
+        }
+        k = n < f->payload_left ? n : f->payload_left;
+        f->payload_left -= (uint32_t)k;
+        p += k;
+        n -= k;
+        if (f->payload_left > 0)
+            break;
+        if (f->type == H2S_FRAME_SETTINGS)
+            f->settings_done = 1;
+        if ((f->type == H2S_FRAME_HEADERS || f->type == H2S_FRAME_CONTINUATION) && (f->flags & H2S_FLAG_END_HEADERS)) {
+            f->in_block = 0;
+            if (f->block_stream > f->last_complete)
+                f->last_complete = f->block_stream;
+        }
+        f->head_len = 0;
+    }
+}
+
+static void on_linger(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2s *s = nu_container_of(t, struct h2s, linger_timer);
+    nu_log(NU_LOG_DEBUG, "[c%llu] GOAWAY not written within %.0f s: closed", (unsigned long long)s->conn->id,
+           H2S_GOAWAY_LINGER);
+    conn_close(s->conn, NU_ERR_TIMEOUT);
+}
+
+/* GOAWAY (NO_ERROR, with last_stream: the client may retry every later
+ * stream elsewhere), then close once it is written. */
+static void goaway_and_close(struct h2s *s, int32_t last_stream)
+{
+    struct ev_loop *loop = s->conn->w->loop;
+    ev_timer_stop(loop, &s->idle_timer);
+    ev_timer_stop(loop, &s->hdr_timer);
+    s->watching = H2S_WATCH_NONE;
+    s->terminating = 1;
+    /* A client we never heard may not speak HTTP/2 at all: no frames for it. */
+    if (!s->heard_client || nghttp2_session_terminate_session2(s->ng, last_stream, NGHTTP2_NO_ERROR) != 0) {
+        conn_close(s->conn, NU_ERR_TIMEOUT);
+        return;
+    }
+    ev_timer_set(&s->linger_timer, H2S_GOAWAY_LINGER, 0.);
+    ev_timer_start(loop, &s->linger_timer);
+    conn_want_write(s->conn);
+}
+
+static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2s *s = nu_container_of(t, struct h2s, idle_timer);
+    nu_log(NU_LOG_INFO, "[c%llu] %s: no stream for %.3g s (idle timeout): GOAWAY, closing",
+           (unsigned long long)s->conn->id, s->conn->peer, s->idle_timeout);
+    goaway_and_close(s, nghttp2_session_get_last_proc_stream_id(s->ng));
+}
+
+static void on_header_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2s *s = nu_container_of(t, struct h2s, hdr_timer);
+    int32_t last = nghttp2_session_get_last_proc_stream_id(s->ng);
+    /* nghttp2 counts a stream as processed once its HEADERS begin; a request
+     * whose headers never ended was never sent on, so the client may retry it. */
+    if (s->watching == H2S_WATCH_BLOCK && s->fr.block_stream > s->fr.last_complete && last >= s->fr.block_stream)
+        last = s->fr.block_stream > 2 ? s->fr.block_stream - 2 : 0;
+    if (s->watching == H2S_WATCH_PREFACE)
+        nu_log(NU_LOG_INFO,
+               "[c%llu] %s: no HTTP/2 preface and SETTINGS within %.3g s (request headers timeout): closing",
+               (unsigned long long)s->conn->id, s->conn->peer, s->header_timeout);
+    else
+        nu_log(NU_LOG_INFO,
+               "[c%llu s%d] %s: request headers not complete within %.3g s (request headers timeout): GOAWAY, closing",
+               (unsigned long long)s->conn->id, s->fr.block_stream, s->conn->peer, s->header_timeout);
+    goaway_and_close(s, last);
+}
+
+/* Times what the framer says is pending: the preface (armed at attach, never
+ * again), then each header block from its first frame. */
+static void watch_headers(struct h2s *s)
+{
+    if (s->header_timeout <= 0 || s->terminating)
+        return;
+    int want = !s->fr.settings_done ? H2S_WATCH_PREFACE : s->fr.in_block ? H2S_WATCH_BLOCK : H2S_WATCH_NONE;
+    if (want == s->watching)
+        return;
+    struct ev_loop *loop = s->conn->w->loop;
+    ev_timer_stop(loop, &s->hdr_timer);
+    s->watching = want;
+    if (want == H2S_WATCH_BLOCK) {
+        ev_timer_set(&s->hdr_timer, s->header_timeout, 0.);
+        ev_timer_start(loop, &s->hdr_timer);
+    }
+}
+
+/* The idle timer runs exactly while no stream is open. */
+static void idle_start(struct h2s *s)
+{
+    if (s->idle_timeout <= 0 || s->terminating)
+        return;
+    ev_timer_stop(s->conn->w->loop, &s->idle_timer);
+    ev_timer_set(&s->idle_timer, s->idle_timeout, 0.);
+    ev_timer_start(s->conn->w->loop, &s->idle_timer);
+}
+
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
     struct h2s *s = ud;
@@ -61,6 +219,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     x->down.id = frame->hd.stream_id;
     x->down.x = x;
     link_side(s, &x->down);
+    ev_timer_stop(s->conn->w->loop, &s->idle_timer);
     nghttp2_session_set_stream_user_data(ng, frame->hd.stream_id, x);
     return 0;
 }
@@ -139,6 +298,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
         return 0;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
     unlink_side(s, &x->down);
+    if (!s->sides)
+        idle_start(s);
     /* Bytes still queued for this stream will never be consumed through it;
      * hand them back at connection level or the connection window shrinks for good. */
     if (x->down.unconsumed)
@@ -263,6 +424,8 @@ static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
         return NU_ERR_PROTO;
     }
     s->heard_client = 1;
+    framer_feed(&s->fr, p, n);
+    watch_headers(s);
     return 0;
 }
 
@@ -295,6 +458,9 @@ static int h2s_fill(struct conn *c)
 static void h2s_on_close(struct conn *c, int err)
 {
     struct h2s *s = c->codec;
+    ev_timer_stop(c->w->loop, &s->idle_timer);
+    ev_timer_stop(c->w->loop, &s->hdr_timer);
+    ev_timer_stop(c->w->loop, &s->linger_timer);
     /* nghttp2_session_del reports no stream closes, so tell every stream here. */
     while (s->sides) {
         struct side *sd = s->sides;
@@ -322,7 +488,8 @@ static const struct conn_handler h2s_handler = {
     .free = h2s_free,
 };
 
-int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams)
+int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams, double idle_timeout,
+               double header_timeout)
 {
     struct h2s *s = calloc(1, sizeof *s);
     if (!s)
@@ -330,6 +497,12 @@ int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams
     s->conn = c;
     s->open = open;
     s->open_arg = arg;
+    s->idle_timeout = idle_timeout;
+    s->header_timeout = header_timeout;
+    s->fr.preface_left = NGHTTP2_CLIENT_MAGIC_LEN;
+    ev_timer_init(&s->idle_timer, on_idle, idle_timeout, 0.);
+    ev_timer_init(&s->hdr_timer, on_header_timeout, header_timeout, 0.);
+    ev_timer_init(&s->linger_timer, on_linger, H2S_GOAWAY_LINGER, 0.);
     nghttp2_session_callbacks *cb;
     if (nghttp2_session_callbacks_new(&cb) != 0) {
         free(s);
@@ -352,5 +525,16 @@ int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams
         return NU_ERR_NOMEM;
     }
     conn_set_handler(c, &h2s_handler, s);
+    struct ev_loop *loop = c->w->loop;
+    if (idle_timeout > 0)
+        ev_timer_start(loop, &s->idle_timer);
+    if (header_timeout > 0) {
+        /* The preface is due header_timeout after the TLS handshake, or after
+         * accept in cleartext (the wait for the first byte counts). */
+        double left = c->tls ? header_timeout : c->accepted_at + header_timeout - ev_now(loop);
+        ev_timer_set(&s->hdr_timer, left > 0 ? left : 0., 0.);
+        ev_timer_start(loop, &s->hdr_timer);
+        s->watching = H2S_WATCH_PREFACE;
+    }
     return NU_OK;
 }

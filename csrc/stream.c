@@ -5,6 +5,7 @@
 #include "log.h"
 #include "lua_bridge.h"
 #include "nuncio.h"
+#include "retry.h"
 #include "upstream.h"
 
 #include <nghttp2/nghttp2.h>
@@ -21,6 +22,21 @@ static struct stream *st_of(struct exchange *x)
     return nu_container_of(x, struct stream, x);
 }
 
+static const struct nu_route_policy *policy_of(const struct stream *st)
+{
+    return &st->w->cfg->policies[st->policy];
+}
+
+/* Every reset of the upstream side that we decide goes through here, so the
+ * attempt's close is not taken for the endpoint's failure. */
+static void cancel_upstream(struct stream *st)
+{
+    if (!st->x.up.ops)
+        return;
+    st->flags |= ST_F_UP_CANCELLED;
+    st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+}
+
 static void log_line(struct stream *st, const char *what)
 {
     if (!nu_log_enabled(NU_LOG_INFO))
@@ -33,10 +49,13 @@ static void log_line(struct stream *st, const char *what)
     if (!g)
         g = hdr_get(&st->x.resp.hdrs, HDR_LIT("grpc-status"), &gl);
     double ms = st->w ? (ev_now(st->w->loop) - st->started) * 1000.0 : 0;
-    nu_log(NU_LOG_INFO, "[c%llu s%llu] %s %.*s %.*s %.*s grpc-status=%.*s in=%llu out=%llu %.1fms%s%s",
+    char tries[32] = "";
+    if (st->attempts > 1)
+        snprintf(tries, sizeof tries, " attempts=%d", st->attempts);
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] %s %.*s %.*s %.*s grpc-status=%.*s in=%llu out=%llu %.1fms%s%s%s",
            (unsigned long long)st->conn_id, (unsigned long long)st->id, st->peer, (int)ml, m ? m : "-", (int)pl,
            p ? p : "-", (int)sl, s ? s : "-", (int)(g ? gl : 1), g ? g : "-",
-           (unsigned long long)st->x.req.body_bytes, (unsigned long long)st->x.resp.body_bytes, ms,
+           (unsigned long long)st->x.req.body_bytes, (unsigned long long)st->x.resp.body_bytes, ms, tries,
            what ? " " : "", what ? what : "");
 }
 
@@ -51,6 +70,11 @@ void stream_free(struct stream *st)
         ev_timer_stop(st->w->loop, &st->timer);
     if (st->flags & ST_F_DEADLINE)
         ev_timer_stop(st->w->loop, &st->deadline);
+    if (st->flags & ST_F_TRY_TIMER)
+        ev_timer_stop(st->w->loop, &st->try_timer);
+    if (st->flags & ST_F_IDLE)
+        ev_timer_stop(st->w->loop, &st->idle);
+    chunkq_clear(&st->replay);
     hdr_clear(&st->x.req.hdrs);
     hdr_clear(&st->x.req.trailers);
     hdr_clear(&st->x.resp.hdrs);
@@ -81,6 +105,14 @@ static void stop_timer(struct stream *st)
     if (st->flags & ST_F_DEADLINE) {
         ev_timer_stop(st->w->loop, &st->deadline);
         st->flags &= ~ST_F_DEADLINE;
+    }
+    if (st->flags & ST_F_TRY_TIMER) {
+        ev_timer_stop(st->w->loop, &st->try_timer);
+        st->flags &= ~ST_F_TRY_TIMER;
+    }
+    if (st->flags & ST_F_IDLE) {
+        ev_timer_stop(st->w->loop, &st->idle);
+        st->flags &= ~ST_F_IDLE;
     }
 }
 
@@ -154,8 +186,7 @@ static void local_reply(struct stream *st, int status, int grpc_status, const ch
     stop_timer(st);
     if (st->flags & ST_F_RESP_STARTED) {
         /* Too late for a reply: end the call as a broken one. */
-        if (st->x.up.ops)
-            st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+        cancel_upstream(st);
         if (st->x.down.ops)
             st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
         return;
@@ -163,8 +194,7 @@ static void local_reply(struct stream *st, int status, int grpc_status, const ch
     /* Marked first: cancelling an upstream that never connected reports its
      * close synchronously, and that close must not make a reply of its own. */
     st->flags |= ST_F_REPLIED;
-    if (st->x.up.ops)
-        st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+    cancel_upstream(st);
     if (stream_prepare_reply(st, status, grpc_status, body, body ? strlen(body) : 0, details,
                              details ? strlen(details) : 0) != NU_OK) {
         if (st->x.down.ops)
@@ -202,8 +232,7 @@ static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
         local_reply(st, 504, -1, "upstream request timeout", "upstream_response_timeout");
         return;
     }
-    if (st->x.up.ops)
-        st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+    cancel_upstream(st);
     if (!st->x.down.ops)
         return;
     if ((st->flags & ST_F_GRPC) && !st->x.resp.end)
@@ -225,8 +254,7 @@ static void on_grpc_deadline(struct ev_loop *loop, ev_timer *t, int revents)
         local_reply(st, 504, GRPC_DEADLINE_EXCEEDED, "deadline exceeded", "grpc_deadline_exceeded");
         return;
     }
-    if (st->x.up.ops)
-        st->x.up.ops->reset(&st->x, NGHTTP2_CANCEL);
+    cancel_upstream(st);
     if (st->x.down.ops && !st->x.resp.end)
         end_grpc_call(st, GRPC_DEADLINE_EXCEEDED, "deadline exceeded");
 }
@@ -243,15 +271,34 @@ static void arm_grpc_deadline(struct stream *st)
     st->flags |= ST_F_DEADLINE;
 }
 
-/* Envoy's route timeout starts once the whole request has been received. */
+static void on_try_timeout(struct ev_loop *loop, ev_timer *t, int revents);
+
+/* Envoy's route timeout starts once the whole request has been received; so
+ * does each attempt's per-try timeout. */
 static void maybe_start_timer(struct stream *st)
 {
-    if (st->timeout_ms <= 0 || !st->x.req.end || !(st->flags & ST_F_PROXYING) || (st->flags & ST_F_TIMER) ||
-        st->x.resp.end)
+    if (!st->x.req.end || !(st->flags & ST_F_PROXYING) || st->x.resp.end)
         return;
-    ev_timer_init(&st->timer, on_route_timeout, st->timeout_ms / 1000.0, 0.);
-    ev_timer_start(st->w->loop, &st->timer);
-    st->flags |= ST_F_TIMER;
+    if (st->timeout_ms > 0 && !(st->flags & ST_F_TIMER)) {
+        ev_timer_init(&st->timer, on_route_timeout, st->timeout_ms / 1000.0, 0.);
+        ev_timer_start(st->w->loop, &st->timer);
+        st->flags |= ST_F_TIMER;
+    }
+    int per_try = policy_of(st)->per_try_timeout_ms;
+    if (per_try > 0 && st->x.up.ops && !(st->flags & (ST_F_TRY_TIMER | ST_F_RETRY_WAIT | ST_F_RETRY_PENDING | ST_F_RESP_STARTED)) &&
+        !st->x.up.headers_seen) {
+        ev_timer_init(&st->try_timer, on_try_timeout, per_try / 1000.0, 0.);
+        ev_timer_start(st->w->loop, &st->try_timer);
+        st->flags |= ST_F_TRY_TIMER;
+    }
+}
+
+static void stop_try_timer(struct stream *st)
+{
+    if (st->flags & ST_F_TRY_TIMER) {
+        ev_timer_stop(st->w->loop, &st->try_timer);
+        st->flags &= ~ST_F_TRY_TIMER;
+    }
 }
 
 /* Runs the log phase once the downstream side is done, then lets go. */
@@ -260,6 +307,7 @@ static void finish(struct stream *st)
     if (st->flags & ST_F_LOGGED)
         return;
     stop_timer(st);
+    chunkq_clear(&st->replay);
     lua_bridge_release(st->w, st); /* a filter still waiting for a body will not be resumed */
     log_line(st, st->details);
     if (lua_bridge_wants(st->w, LB_PHASE_LOG))
@@ -351,17 +399,181 @@ static int add_forwarding_headers(struct stream *st)
     return rc;
 }
 
-static void start_upstream(struct stream *st)
+/* ------------------------------------------------------------ attempts */
+
+static void start_attempt(struct stream *st);
+
+/* Bytes of request body kept for another attempt. */
+static size_t replay_limit(const struct stream *st)
+{
+    const struct nu_route_policy *p = policy_of(st);
+    return p->retry_on && p->num_retries > 0 ? STREAM_BODY_BUFFER_LIMIT : STREAM_REPLAY_SMALL;
+}
+
+/* Keeps request body bytes for another attempt, while they fit. */
+static int keep_replay(struct stream *st, const uint8_t *p, size_t n)
+{
+    if (st->flags & ST_F_NO_REPLAY)
+        return NU_ERR_LIMIT;
+    if (st->replay.bytes + n > replay_limit(st) || chunkq_append(&st->replay, p, n) != NU_OK) {
+        chunkq_clear(&st->replay);
+        st->flags |= ST_F_NO_REPLAY;
+        return NU_ERR_LIMIT;
+    }
+    return NU_OK;
+}
+
+/* The client saw a response: no attempt follows, the kept body can go. */
+static void drop_replay(struct stream *st)
+{
+    chunkq_clear(&st->replay);
+    st->flags |= ST_F_NO_REPLAY;
+}
+
+/* Can another attempt be made? transparent: a refused stream, which the
+ * upstream never processed, gets one retry even without a retry policy. */
+static int can_retry(const struct stream *st, int transparent)
+{
+    if ((st->flags & (ST_F_RESP_STARTED | ST_F_DOWN_CLOSED | ST_F_REPLIED | ST_F_NO_REPLAY)) || !st->x.down.ops)
+        return 0;
+    const struct nu_route_policy *p = policy_of(st);
+    int allowed = p->retry_on ? p->num_retries : 0;
+    if (transparent && allowed < 1)
+        allowed = 1;
+    return st->attempts - 1 < allowed;
+}
+
+static void on_retry_backoff(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct stream *st = nu_container_of(t, struct stream, try_timer);
+    st->flags &= ~ST_F_TRY_TIMER;
+    if (!st->x.down.ops || (st->flags & ST_F_REPLIED))
+        return;
+    start_attempt(st);
+}
+
+/* Waits Envoy's jittered backoff, then makes the next attempt. */
+static void schedule_retry(struct stream *st, const char *why)
+{
+    stop_try_timer(st);
+    st->flags |= ST_F_RETRY_WAIT;
+    st->w->ups->retries++;
+    double d = retry_backoff_s(st->attempts, upstream_rand(st->w->ups));
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] %s: retrying in %.0f ms (attempt %d)", (unsigned long long)st->conn_id,
+           (unsigned long long)st->id, why, d * 1000, st->attempts + 1);
+    ev_timer_init(&st->try_timer, on_retry_backoff, d, 0.);
+    ev_timer_start(st->w->loop, &st->try_timer);
+    st->flags |= ST_F_TRY_TIMER;
+}
+
+/* The current attempt is given up for another: cancel it; its close
+ * (u_on_close) schedules the next one. */
+static void abandon_attempt(struct stream *st)
+{
+    st->flags |= ST_F_RETRY_PENDING;
+    stop_try_timer(st);
+    cancel_upstream(st);
+}
+
+static void on_try_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct stream *st = nu_container_of(t, struct stream, try_timer);
+    st->flags &= ~ST_F_TRY_TIMER;
+    st->flags |= ST_F_TRY_TIMED_OUT;
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] per-try timeout (%d ms) on attempt %d", (unsigned long long)st->conn_id,
+           (unsigned long long)st->id, policy_of(st)->per_try_timeout_ms, st->attempts);
+    if (can_retry(st, 0) && retry_on_reset(policy_of(st), RETRY_RESET_TIMEOUT)) {
+        abandon_attempt(st);
+        return;
+    }
+    local_reply(st, 504, -1, "upstream request timeout", "upstream_per_try_timeout");
+}
+
+/* A fresh response and the request body from its start, for another attempt. */
+static int reset_for_attempt(struct stream *st)
+{
+    struct exchange *x = &st->x;
+    hdr_clear(&x->resp.hdrs);
+    hdr_clear(&x->resp.trailers);
+    chunkq_clear(&x->resp.body);
+    x->resp.end = 0;
+    x->resp.body_bytes = 0;
+    x->up.id = -1;
+    x->up.headers_seen = 0;
+    x->up.unconsumed = 0;
+    chunkq_clear(&x->req.body);
+    st->attempt_taken = 0;
+    return chunkq_append_q(&x->req.body, &st->replay);
+}
+
+static void start_attempt(struct stream *st)
 {
     const char *why = NULL;
-    st->flags |= ST_F_PROXYING;
-    if (upstream_attach(st->w->ups, st->cluster, &st->x, &why) != NU_OK) {
+    st->flags &= ~(ST_F_UP_CANCELLED | ST_F_TRY_TIMED_OUT | ST_F_RETRY_WAIT | ST_F_UP_ENDED);
+    st->up_status = 0;
+    st->up_grpc = -1;
+    if (++st->attempts > 1 && reset_for_attempt(st) != NU_OK) {
+        local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
+        return;
+    }
+    struct upstream_pick pick = {.peer = st->peer, .avoid = st->last_ep};
+    int rc = upstream_attach(st->w->ups, st->cluster, &st->x, &pick, &st->ep, &why);
+    if (rc != NU_OK) {
         nu_log(NU_LOG_INFO, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id, why);
+        if (rc != NU_ERR_CONFIG && can_retry(st, 0) && retry_on_reset(policy_of(st), RETRY_RESET_CONNECT)) {
+            schedule_retry(st, "connect failure");
+            return;
+        }
         st->flags &= ~ST_F_PROXYING;
         local_reply(st, 503, -1, why, "upstream_reset_before_response_started");
         return;
     }
+    st->last_ep = st->ep;
     maybe_start_timer(st);
+}
+
+/* Stream idle timeout: checked against the last activity when it fires, so
+ * traffic costs a timestamp rather than a timer restart. */
+static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct stream *st = nu_container_of(t, struct stream, idle);
+    double idle = policy_of(st)->idle_timeout_ms / 1000.0;
+    double left = st->last_active + idle - ev_now(loop);
+    if (left > 0.001) {
+        ev_timer_set(&st->idle, left, 0.);
+        ev_timer_start(loop, &st->idle);
+        return;
+    }
+    st->flags &= ~ST_F_IDLE;
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] stream idle for %d ms: ended", (unsigned long long)st->conn_id,
+           (unsigned long long)st->id, policy_of(st)->idle_timeout_ms);
+    if (!(st->flags & ST_F_RESP_STARTED)) {
+        local_reply(st, 408, -1, "stream timeout", "stream_idle_timeout");
+        return;
+    }
+    cancel_upstream(st);
+    if (!st->x.down.ops || st->x.resp.end)
+        return;
+    if (st->flags & ST_F_GRPC)
+        end_grpc_call(st, GRPC_UNAVAILABLE, "stream idle timeout");
+    else
+        st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+}
+
+static void start_upstream(struct stream *st)
+{
+    st->flags |= ST_F_PROXYING;
+    /* Whatever body a filter already held is the replay's start. */
+    if (st->x.req.body.bytes > replay_limit(st) || chunkq_append_q(&st->replay, &st->x.req.body) != NU_OK)
+        drop_replay(st);
+    int idle_ms = policy_of(st)->idle_timeout_ms;
+    if (idle_ms > 0) {
+        st->last_active = ev_now(st->w->loop);
+        ev_timer_init(&st->idle, on_idle, idle_ms / 1000.0, 0.);
+        ev_timer_start(st->w->loop, &st->idle);
+        st->flags |= ST_F_IDLE;
+    }
+    start_attempt(st);
 }
 
 /* What the request phase decided, whether it finished at once or after waiting. */
@@ -423,9 +635,18 @@ static int hold_body(struct stream *st, struct msg *m, const uint8_t *p, size_t 
 static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
 {
     struct stream *st = st_of(x);
+    st->last_active = ev_now(st->w->loop);
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 0) {
         hold_body(st, &x->req, p, n);
+        st->req_credited += n; /* credited now: not again when an attempt takes it */
         x->down.ops->consume(x, n);
+        return;
+    }
+    if ((st->flags & (ST_F_RETRY_WAIT | ST_F_RETRY_PENDING)) && !(st->flags & ST_F_REPLIED)) {
+        /* Between attempts: the next one reads the body from the replay, and
+         * credits the client as it takes it. */
+        if (keep_replay(st, p, n) != NU_OK)
+            local_reply(st, 503, -1, "request body too large to retry", "retry_body_overflow");
         return;
     }
     if (!x->up.ops) {
@@ -438,6 +659,7 @@ static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
         x->down.ops->consume(x, n);
         return;
     }
+    keep_replay(st, p, n);
     x->up.ops->resume(x);
 }
 
@@ -456,6 +678,7 @@ static void d_on_end(struct exchange *x)
 
 static void d_on_body_taken(struct exchange *x, size_t n)
 {
+    st_of(x)->last_active = ev_now(st_of(x)->w->loop);
     if (x->up.ops)
         x->up.ops->consume(x, n);
 }
@@ -468,7 +691,7 @@ static void d_on_close(struct exchange *x, uint32_t h2_error, int reason, const 
         /* The client went away or cancelled: cancel the upstream call too. */
         nu_log(NU_LOG_DEBUG, "[c%llu s%llu] downstream closed (%s): cancelling upstream",
                (unsigned long long)st->conn_id, (unsigned long long)st->id, nghttp2_http2_strerror(h2_error));
-        x->up.ops->reset(x, NGHTTP2_CANCEL);
+        cancel_upstream(st);
     }
     if (h2_error != NGHTTP2_NO_ERROR && !st->details)
         st->details = strdup(reason == NU_OK ? "downstream_remote_reset" : "downstream_connection_termination");
@@ -478,14 +701,12 @@ static void d_on_close(struct exchange *x, uint32_t h2_error, int reason, const 
 /* What the response phase decided, at once or after waiting for the body. */
 static void after_response_phase(struct stream *st, int rc)
 {
-    struct exchange *x = &st->x;
     if (rc == LB_YIELDED)
         return; /* u_on_end resumes it */
     st->lua_phase = -1;
     st->flags &= ~ST_F_WAIT_BODY;
     if (rc == LB_REPLIED) {
-        if (x->up.ops)
-            x->up.ops->reset(x, NGHTTP2_CANCEL);
+        cancel_upstream(st);
         send_response_headers(st);
         return;
     }
@@ -519,11 +740,40 @@ static int map_non_grpc_response(struct stream *st)
     return 1;
 }
 
+static int status_of(const struct hdr_map *m, const char *name, size_t nlen)
+{
+    size_t n;
+    const char *v = hdr_get(m, name, nlen, &n);
+    if (!v || n == 0 || n > 4)
+        return -1;
+    int r = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        r = r * 10 + (v[i] - '0');
+    }
+    return r;
+}
+
 static void u_on_headers(struct exchange *x)
 {
     struct stream *st = st_of(x);
+    st->last_active = ev_now(st->w->loop);
+    if (st->flags & ST_F_RETRY_PENDING)
+        return;
+    int http = status_of(&x->resp.hdrs, HDR_LIT(":status"));
+    st->up_status = http > 0 ? http : 0;
+    st->up_grpc = status_of(&x->resp.hdrs, HDR_LIT("grpc-status"));
     if (!x->down.ops)
         return;
+    stop_try_timer(st);
+    if (can_retry(st, 0) && retry_on_response(policy_of(st), http, st->up_grpc)) {
+        nu_log(NU_LOG_INFO, "[c%llu s%llu] upstream answered %d (grpc-status %d): abandoning attempt %d",
+               (unsigned long long)st->conn_id, (unsigned long long)st->id, http, st->up_grpc, st->attempts);
+        abandon_attempt(st);
+        return;
+    }
+    drop_replay(st);
     if ((st->flags & ST_F_GRPC) && map_non_grpc_response(st))
         return;
     if (!lua_bridge_wants(st->w, LB_PHASE_RESPONSE_HEADERS)) {
@@ -537,6 +787,7 @@ static void u_on_headers(struct exchange *x)
 static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
 {
     struct stream *st = st_of(x);
+    st->last_active = ev_now(st->w->loop);
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 1) {
         /* Held for a filter; the client sees it once the filter is done. */
         hold_body(st, &x->resp, p, n);
@@ -544,7 +795,7 @@ static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
             x->up.ops->consume(x, n);
         return;
     }
-    if (!x->down.ops || (st->flags & ST_F_REPLIED)) {
+    if (!x->down.ops || (st->flags & (ST_F_REPLIED | ST_F_RETRY_PENDING))) {
         x->up.ops->consume(x, n);
         return;
     }
@@ -560,6 +811,11 @@ static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
 static void u_on_end(struct exchange *x)
 {
     struct stream *st = st_of(x);
+    if (st->flags & ST_F_RETRY_PENDING)
+        return;
+    st->flags |= ST_F_UP_ENDED;
+    if (st->up_grpc < 0 && !(st->flags & ST_F_REPLIED))
+        st->up_grpc = status_of(&x->resp.trailers, HDR_LIT("grpc-status"));
     stop_timer(st);
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 1) {
         st->flags &= ~ST_F_WAIT_BODY;
@@ -583,8 +839,16 @@ static void u_on_end(struct exchange *x)
 
 static void u_on_body_taken(struct exchange *x, size_t n)
 {
+    struct stream *st = st_of(x);
+    st->last_active = ev_now(st->w->loop);
+    /* A later attempt takes the same bytes again: credit each byte once. */
+    st->attempt_taken += n;
+    if (st->attempt_taken <= st->req_credited)
+        return;
+    size_t k = (size_t)(st->attempt_taken - st->req_credited);
+    st->req_credited = st->attempt_taken;
     if (x->down.ops)
-        x->down.ops->consume(x, n);
+        x->down.ops->consume(x, k);
 }
 
 /* Envoy's wording, with its "transport failure reason" when we know one. */
@@ -611,9 +875,52 @@ static const char *reset_reason(int reason, const char *detail, char *buf, size_
     return buf;
 }
 
+/* What the attempt that just closed says about its endpoint (passive health).
+ * Like Envoy's outlier detection: 5xx, resets and connect failures count; of
+ * gRPC statuses, the ones that name the server rather than the call. */
+static int attempt_outcome(const struct stream *st)
+{
+    if (st->flags & ST_F_TRY_TIMED_OUT)
+        return UPSTREAM_FAILED;
+    if (st->up_status) {
+        if (st->up_status >= 500)
+            return UPSTREAM_FAILED;
+        if (st->up_grpc == GRPC_UNAVAILABLE || st->up_grpc == GRPC_INTERNAL || st->up_grpc == GRPC_DATA_LOSS)
+            return UPSTREAM_FAILED;
+        if (st->flags & (ST_F_UP_ENDED | ST_F_UP_CANCELLED))
+            return UPSTREAM_OK;
+        return UPSTREAM_FAILED; /* reset or dropped mid-response */
+    }
+    return (st->flags & ST_F_UP_CANCELLED) ? UPSTREAM_NEUTRAL : UPSTREAM_FAILED;
+}
+
+/* How an attempt that ended before any response failed, for retry_on. */
+static int reset_kind(uint32_t h2_error, int reason)
+{
+    if (reason == NU_ERR_IO || reason == NU_ERR_TIMEOUT || reason == NU_ERR_TLS)
+        return RETRY_RESET_CONNECT; /* the connection never came up */
+    if (h2_error == NGHTTP2_REFUSED_STREAM)
+        return RETRY_RESET_REFUSED;
+    return RETRY_RESET_OTHER;
+}
+
 static void u_on_close(struct exchange *x, uint32_t h2_error, int reason, const char *detail)
 {
     struct stream *st = st_of(x);
+    int outcome = attempt_outcome(st);
+    if (!st->up_status && reset_kind(h2_error, reason) == RETRY_RESET_REFUSED)
+        outcome = UPSTREAM_NEUTRAL; /* refused (a GOAWAY's drain): never processed, not a failure */
+    upstream_done(st->w->ups, st->ep, outcome);
+    st->ep = NULL;
+    if (!(st->flags & ST_F_RETRY_WAIT))
+        stop_try_timer(st);
+    if (st->flags & ST_F_RETRY_PENDING) {
+        st->flags &= ~ST_F_RETRY_PENDING;
+        if (x->down.ops && !(st->flags & ST_F_REPLIED))
+            schedule_retry(st, "retriable response");
+        maybe_free(st);
+        return;
+    }
     if (x->resp.end || (st->flags & ST_F_REPLIED) || !x->down.ops) {
         maybe_free(st);
         return;
@@ -622,6 +929,14 @@ static void u_on_close(struct exchange *x, uint32_t h2_error, int reason, const 
     nu_log(NU_LOG_INFO, "[c%llu s%llu] upstream stream closed early (%s, %s)", (unsigned long long)st->conn_id,
            (unsigned long long)st->id, nghttp2_http2_strerror(h2_error), nu_strerror(reason));
     if (!(st->flags & ST_F_RESP_STARTED)) {
+        int kind = reset_kind(h2_error, reason);
+        if (can_retry(st, kind == RETRY_RESET_REFUSED) &&
+            (kind == RETRY_RESET_REFUSED || retry_on_reset(policy_of(st), kind))) {
+            schedule_retry(st, kind == RETRY_RESET_CONNECT   ? "connect failure"
+                               : kind == RETRY_RESET_REFUSED ? "stream refused"
+                                                             : "upstream reset");
+            return;
+        }
         char why[400];
         local_reply(st, 503, -1, reset_reason(reason, detail, why, sizeof why), "upstream_reset_before_response_started");
     } else if (st->flags & ST_F_GRPC) {

@@ -10,6 +10,7 @@
 #include "worker.h"
 
 struct conn;
+struct upstream_endpoint;
 
 /* Which header map an FFI call means (ffi.h callers pass these ints). */
 enum stream_map {
@@ -35,6 +36,14 @@ enum stream_flags {
     ST_F_TLS = 1 << 11,          /* the downstream connection is TLS */
     ST_F_WAIT_BODY = 1 << 12,    /* a filter phase waits for the whole body of wait_msg */
     ST_F_DEADLINE = 1 << 13,     /* the client's grpc-timeout is armed */
+    ST_F_UP_CANCELLED = 1 << 14, /* we reset the current attempt's upstream stream */
+    ST_F_RETRY_PENDING = 1 << 15, /* the attempt is abandoned for a retry; waiting for its close */
+    ST_F_RETRY_WAIT = 1 << 16,   /* between attempts (backoff) */
+    ST_F_TRY_TIMER = 1 << 17,    /* try_timer armed (per-try timeout or backoff) */
+    ST_F_TRY_TIMED_OUT = 1 << 18, /* the current attempt ran past its per-try timeout */
+    ST_F_NO_REPLAY = 1 << 19,    /* the request body is not kept: no (more) retries */
+    ST_F_IDLE = 1 << 20,         /* the stream idle timer is armed */
+    ST_F_UP_ENDED = 1 << 21,     /* the current attempt's response ended (END_STREAM) */
 };
 
 struct stream {
@@ -56,11 +65,27 @@ struct stream {
     ev_tstamp started;
     int co_ref;   /* registry ref of a phase coroutine that yielded (0: none) */
     int wait_msg; /* with ST_F_WAIT_BODY: 0 request body, 1 response body */
+    /* Upstream attempts (retries): */
+    int policy;                      /* the route's nu_route_policy index */
+    int attempts;                    /* attempts started */
+    struct upstream_endpoint *ep;    /* the current attempt's endpoint (NULL: none) */
+    const struct upstream_endpoint *last_ep; /* the previous attempt's, for the balancer to avoid */
+    struct chunkq replay;            /* the request body as received, for another attempt; owned here */
+    uint64_t req_credited;           /* request body bytes credited back to the client */
+    uint64_t attempt_taken;          /* request body bytes the current attempt's codec took */
+    ev_timer try_timer;              /* per-try timeout, then the backoff before the next attempt */
+    ev_timer idle;                   /* stream idle timeout (checked lazily against last_active) */
+    ev_tstamp last_active;
+    int up_status; /* the current attempt's HTTP status (0: none yet) */
+    int up_grpc;   /* and its grpc-status (-1: none) */
 };
 
 /* Bytes a filter may make the proxy hold while it waits for a whole body
  * (Envoy's default per-connection buffer limit). Above it: 413. */
 #define STREAM_BODY_BUFFER_LIMIT (1024 * 1024)
+/* Request body kept for a transparent retry of a refused stream when the
+ * route has no retry policy (with one: STREAM_BODY_BUFFER_LIMIT). */
+#define STREAM_REPLAY_SMALL (64 * 1024)
 
 /* Counters Lua reports through nu_ffi_stats_add (0: Envoy's lua.errors). */
 #define STREAM_API_COUNTERS 1

@@ -1,5 +1,6 @@
 /* The nu_ffi_* exports that act on a stream: thin checks, then hdr_* and
  * stream_* calls. Declared once in ffi.h. */
+#include "config.h"
 #include "ffi.h"
 #include "hdr.h"
 #include "log.h"
@@ -121,14 +122,15 @@ int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out)
     return NU_FFI_OK;
 }
 
-int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms)
+int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy)
 {
     if (st->lua_phase != LB_PHASE_REQUEST_HEADERS || (st->flags & (ST_F_PROXYING | ST_F_REPLIED)))
         return NU_FFI_BAD_CONTEXT;
-    if (cluster < 0 || timeout_ms < 0)
+    if (cluster < 0 || timeout_ms < 0 || policy < 0 || (st->w && (size_t)policy >= st->w->cfg->n_policies))
         return NU_FFI_ERROR;
     st->cluster = cluster;
     st->timeout_ms = timeout_ms;
+    st->policy = policy;
     return NU_FFI_OK;
 }
 

@@ -112,13 +112,15 @@ static int ready_h2(struct conn *c, void *arg)
         const char *alpn = conn_alpn(c);
         nu_log(NU_LOG_DEBUG, "[c%llu] TLS from %s, ALPN %s", (unsigned long long)c->id, c->peer, alpn ? alpn : "none");
     }
-    return h2s_attach(c, stream_open, f->w, 1000);
+    const struct nu_config *cfg = f->w->cfg;
+    return h2s_attach(c, stream_open, f->w, 1000, cfg->listener_idle_timeout_ms / 1000.0,
+                      cfg->request_headers_timeout_ms / 1000.0);
 }
 
 static int attach_front(struct conn *c, void *arg)
 {
     struct front *f = arg;
-    conn_accept_with(c, f->tls, ready_h2, f);
+    conn_accept_with(c, f->tls, f->w->cfg->request_headers_timeout_ms / 1000.0, ready_h2, f);
     return NU_OK;
 }
 

@@ -35,6 +35,7 @@ struct worker {
     uint64_t next_stream_id;
     uint64_t live_streams; /* exchanges allocated and not yet freed */
     uint64_t live_conns;
+    uint64_t live_upstream_conns; /* h2c connections not yet closed (part of live_conns) */
     int ready; /* listeners are bound and Lua is loaded */
     unsigned char lua_wants[4]; /* per lb_phase: does any filter run in it */
 };

@@ -14,6 +14,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ev.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,6 +216,9 @@ static void on_accept(struct ev_loop *l, ev_io *io, int ev)
     int fd = accept4(p->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0)
         return;
+    /* Small replies must not wait for Nagle and a delayed ACK (~40 ms each). */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct session *s = calloc(1, sizeof *s);
     nghttp2_session_callbacks *cb;
     if (!s || nghttp2_session_callbacks_new(&cb) != 0) {

@@ -10,7 +10,7 @@
 --       recursively, every *.yaml / *.yml, in sorted order
 --   amb.load_text(text, filename, opts)  -> resources | nil, errs, warns
 --   amb.build_model(resources, opts)     -> model_part | nil, errs, warns
---       model_part = { listeners, hosts, clusters, routes, module, http, tls_contexts }
+--       model_part = { listeners, hosts, clusters, policies, routes, module, http, tls_contexts }
 --       (docs/internals.md §2 and §6)
 --   amb.hostglob_matches(glob_a, glob_b) -> boolean
 --
@@ -415,12 +415,18 @@ local function build_clusters(rep, recs)
   for _, rec in ipairs(recs) do
     local s = rec.service
     local ctx = s.tls and s.tls.context or "-"
-    local key = string_format("%s\0%d\0%s\0%s", s.host, s.port, tostring(rec.grpc), ctx)
+    -- the balancer is a property of the cluster, as in Emissary (its cluster names hash it in)
+    local lb = rec.load_balancer or { policy = "round_robin" }
+    local hash = lb.hash or {}
+    local lb_key = string_format("%s\0%s\0%s\0%s", lb.policy, hash.header or "", hash.cookie or "",
+      tostring(hash.source_ip or false))
+    local key = string_format("%s\0%d\0%s\0%s\0%s", s.host, s.port, tostring(rec.grpc), ctx, lb_key)
     local idx = by_key[key]
     if not idx then
       clusters[#clusters + 1] = {
-        host = s.host, port = s.port, http2 = rec.grpc, tls = s.tls,
+        host = s.host, port = s.port, http2 = rec.grpc, tls = s.tls, lb = lb, lb_key = lb_key,
         connect_timeout_ms = rec.connect_timeout_ms, first = rec, ctx = ctx,
+        idle_timeout_ms = rec.cluster_idle_timeout_ms,
       }
       idx = #clusters
       by_key[key] = idx
@@ -431,17 +437,27 @@ local function build_clusters(rep, recs)
           "Mapping %s uses the same upstream with connect_timeout_ms %d; nuncio keeps one value per upstream: %d",
           cl.first.name, cl.connect_timeout_ms, cl.connect_timeout_ms), rec.res.spec, "connect_timeout_ms")
       end
+      if cl.idle_timeout_ms ~= rec.cluster_idle_timeout_ms then
+        local kept = cl.idle_timeout_ms or "unset (1 h)"
+        rep:warning(rec.res, "cluster_idle_timeout_ms", string_format(
+          "Mapping %s uses the same upstream with cluster_idle_timeout_ms %s; nuncio keeps one value per upstream: %s",
+          cl.first.name, kept, kept), rec.res.spec, "cluster_idle_timeout_ms")
+      end
     end
     rec.cluster = idx
   end
   local bases, taken = {}, {}
   for _, cl in ipairs(clusters) do
     cl.base = sanitize(cl.host) .. "_" .. cl.port .. (cl.tls and "_tls" or "")
-    local b = bases[cl.base] or { contexts = {}, n_contexts = 0, http2 = {} }
+    local b = bases[cl.base] or { contexts = {}, n_contexts = 0, http2 = {}, lbs = {}, n_lbs = 0 }
     bases[cl.base] = b
     if not b.contexts[cl.ctx] then
       b.contexts[cl.ctx] = true
       b.n_contexts = b.n_contexts + 1
+    end
+    if not b.lbs[cl.lb_key] then
+      b.lbs[cl.lb_key] = true
+      b.n_lbs = b.n_lbs + 1
     end
     b.http2[cl.http2] = true
   end
@@ -454,6 +470,9 @@ local function build_clusters(rep, recs)
     if b.http2[true] and b.http2[false] and not cl.http2 then
       name = name .. "_http1"
     end
+    if b.n_lbs > 1 and cl.lb.policy ~= "round_robin" then
+      name = name .. "_" .. cl.lb.policy
+    end
     local n, candidate = 1, name
     while taken[candidate] do
       n = n + 1
@@ -461,7 +480,7 @@ local function build_clusters(rep, recs)
     end
     taken[candidate] = true
     cl.name = candidate
-    cl.base, cl.first, cl.ctx = nil, nil, nil
+    cl.base, cl.first, cl.ctx, cl.lb_key = nil, nil, nil, nil
   end
   return clusters
 end
@@ -500,7 +519,39 @@ local function route_of(rec)
     response_headers_to_add = rec.response_headers_to_add,
     request_headers_to_remove = rec.request_headers_to_remove,
     response_headers_to_remove = rec.response_headers_to_remove,
+    policy = rec.policy,
   }
+end
+
+-- The upstream policies of the routes (retries, stream idle timeout), each
+-- distinct one once: the C core keeps them in an array and a route names its
+-- index. Policy 1 is the default (no retries, the default stream idle timeout).
+local function build_policies(recs)
+  local policies = { { retry_on = {}, num_retries = 0, per_try_timeout_ms = 0, retriable_status_codes = {} } }
+  local by_key = { [""] = 1 }
+  for _, rec in ipairs(recs) do
+    local rp = rec.retry_policy
+    local key = ""
+    if rp or rec.idle_timeout_ms then
+      key = string_format("%s|%d|%d|%s|%s", rp and table.concat(rp.retry_on, ",") or "", rp and rp.num_retries or 0,
+        rp and rp.per_try_timeout_ms or 0, rp and table.concat(rp.retriable_status_codes, ",") or "",
+        tostring(rec.idle_timeout_ms))
+    end
+    local idx = by_key[key]
+    if not idx then
+      policies[#policies + 1] = {
+        retry_on = rp and rp.retry_on or {},
+        num_retries = rp and rp.num_retries or 0,
+        per_try_timeout_ms = rp and rp.per_try_timeout_ms or 0,
+        retriable_status_codes = rp and rp.retriable_status_codes or {},
+        idle_timeout_ms = rec.idle_timeout_ms,
+      }
+      idx = #policies
+      by_key[key] = idx
+    end
+    rec.policy = idx
+  end
+  return policies
 end
 
 local function attach(rep, recs, hosts)
@@ -766,6 +817,9 @@ function M.build_model(resources, opts)
     use_ambassador_namespace = settings.use_ambassador_namespace,
     defaults = settings.defaults,
     add_linkerd_headers = settings.add_linkerd_headers,
+    cluster_idle_timeout_ms = settings.cluster_idle_timeout_ms,
+    retry_policy = settings.retry_policy,
+    load_balancer = settings.load_balancer,
   }
   local recs = {}
   for _, res in ipairs(by_kind.Mapping) do
@@ -787,6 +841,7 @@ function M.build_model(resources, opts)
   end
 
   local clusters = build_clusters(rep, recs)
+  local policies = build_policies(recs)
   attach(rep, recs, hosts)
   table_sort(recs, mapping.before)
 
@@ -802,6 +857,7 @@ function M.build_model(resources, opts)
     listeners = listeners,
     hosts = hosts,
     clusters = clusters,
+    policies = policies,
     routes = routes,
     module = module,
     http = settings.http,

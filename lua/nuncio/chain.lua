@@ -246,7 +246,7 @@ function Chain:request_headers(s)
     rq:set(":path", new_path)
   end
   s._route = route -- the router already decided; the rewrites must not re-route
-  s:set_upstream(route.cluster - 1, route.timeout_ms or 0)
+  s:set_upstream(route.cluster - 1, route.timeout_ms or 0, (route.policy or 1) - 1)
   return 0
 end
 

@@ -18,6 +18,8 @@ local ambassador = require("nuncio.ambassador")
 
 local type = type
 local next = next
+local pairs = pairs
+local tonumber = tonumber
 local ipairs = ipairs
 local tostring = tostring
 local string_format = string.format
@@ -32,11 +34,13 @@ M.DEFAULTS = {
   log_level = "info",
   admin_address = "127.0.0.1",
   admin_port = 8877,
+  -- Envoy has no limit unless told; a client that stalls mid-headers should not hold a connection
+  request_headers_timeout_ms = 10000,
 }
 
 local LOG_LEVELS = check.set { "debug", "info", "warn", "error" }
 local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador", "secrets_dir",
-  "overrides" }
+  "overrides", "endpoints", "outlier_detection", "request_headers_timeout_ms" }
 
 local value = check.value
 
@@ -175,6 +179,90 @@ local function read_chain(r, model)
   end
 end
 
+-- "host:port" / "[v6]:port" -> host, port
+local function split_endpoint(s)
+  if type(s) ~= "string" then
+    return nil
+  end
+  local host, port = s:match("^%[([%x:%.]+)%]:(%d+)$")
+  if not host then
+    host, port = s:match("^([^:]+):(%d+)$")
+  end
+  port = tonumber(port)
+  if not host or not port or port < 1 or port > 65535 then
+    return nil
+  end
+  return host, port
+end
+
+-- a list of "host:port" (one string is a list of one) -> { {host, port}, ... } | nil, err
+local function endpoint_list(v)
+  if type(v) == "string" then
+    v = { v }
+  end
+  if type(v) ~= "table" or not check.is_list(v) or #v == 0 then
+    return nil, "must be a non-empty list of host:port, not " .. check.describe(v)
+  end
+  local out = {}
+  for i = 1, #v do
+    local host, port = split_endpoint(value(v[i]))
+    if not host then
+      return nil, string_format("[%d]: not host:port: %s", i, check.describe(v[i]))
+    end
+    out[i] = { host = host, port = port }
+  end
+  return out
+end
+
+-- endpoints: { <a Mapping's service "host:port" or "host", or a cluster name>: [host:port, ...] }
+-- the addresses behind a service, as Emissary's endpoint resolver would give them
+local function read_endpoints(r, model)
+  local v = r.get("endpoints")
+  if v == nil then
+    return
+  end
+  if type(v) ~= "table" or not check.is_map(v) and next(v) ~= nil then
+    r.fail("endpoints", "must be a mapping of service -> list of host:port, not " .. check.describe(v))
+    return
+  end
+  local e = reader(r.file, v, "endpoints.", r.errs, r.warns)
+  for _, name in ipairs(check.sorted_keys(v)) do
+    local list, err = endpoint_list(value(v[name]))
+    if not list then
+      e.fail(name, err)
+    else
+      model.endpoints[#model.endpoints + 1] = { service = name, list = list, source = e.source(name) }
+    end
+  end
+end
+
+-- outlier_detection: passive health of the endpoints of every cluster
+local function read_outlier(r, model)
+  local v = r.get("outlier_detection")
+  if v == nil then
+    return
+  end
+  if type(v) ~= "table" or not check.is_map(v) then
+    r.fail("outlier_detection", "must be a mapping, not " .. check.describe(v))
+    return
+  end
+  local o = reader(r.file, v, "outlier_detection.", r.errs, r.warns)
+  local limits = { consecutive_failures = { 0, 1000 }, base_ejection_time_ms = { 1, 3600000 },
+    max_ejection_percent = { 0, 100 } }
+  for key, range in pairs(limits) do
+    local x = o.get(key)
+    if x ~= nil then
+      if not check.is_integer(x) or x < range[1] or x > range[2] then
+        o.fail(key, string_format("must be an integer between %d and %d, not %s", range[1], range[2],
+          check.describe(x)))
+      else
+        model.outlier_detection[key] = x
+      end
+    end
+  end
+  o.unknown(limits)
+end
+
 -- secrets_dir: a folder of certificates for secret names no Secret defines
 local function read_secrets_dir(r, dir)
   local v = r.get("secrets_dir")
@@ -241,6 +329,16 @@ local function read_native(path, model, errs, warns)
     end
   end
 
+  local rht = r.get("request_headers_timeout_ms")
+  if rht ~= nil then
+    if not check.is_integer(rht) or rht < 0 or rht > check.MAX_MS then
+      r.fail("request_headers_timeout_ms", "must be an integer between 0 and " .. check.MAX_MS .. " (0: no limit), not "
+        .. check.describe(rht))
+    else
+      model.request_headers_timeout_ms = rht
+    end
+  end
+
   read_admin(r, model)
 
   for _, p in ipairs(r.strings("lua_path")) do
@@ -255,6 +353,8 @@ local function read_native(path, model, errs, warns)
   end
 
   local secrets_dir = read_secrets_dir(r, dir)
+  read_endpoints(r, model)
+  read_outlier(r, model)
 
   -- overrides: { clusters: {name: "host:port"}, listeners: {name: port} } re-points
   -- what the Ambassador resources say (nuncio.testing's live mode uses it to run a
@@ -276,6 +376,7 @@ function M.defaults()
   return {
     workers = M.DEFAULTS.workers,
     log_level = M.DEFAULTS.log_level,
+    request_headers_timeout_ms = M.DEFAULTS.request_headers_timeout_ms,
     admin = { address = M.DEFAULTS.admin_address, port = M.DEFAULTS.admin_port },
     lua_path = {},
     chain = {},
@@ -286,7 +387,28 @@ function M.defaults()
     module = {},
     http = ambassador.default_http(),
     tls_contexts = {},
+    policies = {},
+    endpoints = {}, -- native config: { {service, list = { {host, port} }, source} }
+    -- Envoy's outlier detection defaults (consecutive_5xx, base_ejection_time, max_ejection_percent)
+    outlier_detection = { consecutive_failures = 5, base_ejection_time_ms = 30000, max_ejection_percent = 10 },
   }
+end
+
+-- Gives each cluster the endpoints the native config lists for its service.
+local function apply_endpoints(model, errs, warns)
+  for _, e in ipairs(model.endpoints) do
+    local used = false
+    for _, c in ipairs(model.clusters) do
+      if e.service == c.name or e.service == c.host or e.service == c.host .. ":" .. c.port then
+        c.endpoints = e.list
+        used = true
+      end
+    end
+    if not used then
+      warns[#warns + 1] = string_format("%s: endpoints: %s: no Mapping uses this service", e.source, e.service)
+    end
+  end
+  model.endpoints = nil
 end
 
 function M.load(args)
@@ -333,6 +455,8 @@ function M.load(args)
   model.module = part.module
   model.http = part.http
   model.tls_contexts = part.tls_contexts
+  model.policies = part.policies
+  apply_endpoints(model, errs, warns)
   local ov = model.overrides
   if ov then
     model.overrides = nil
@@ -340,12 +464,14 @@ function M.load(args)
     for _, c in ipairs(model.clusters) do by_name[c.name] = c end
     for name, target in pairs(ov.clusters) do
       local c = by_name[name]
-      local host, port = tostring(target):match("^(.+):(%d+)$")
-      if not c or not host then
+      local list, err = endpoint_list(value(target))
+      if not c or not list then
         errs[#errs + 1] = string.format("%s: overrides: clusters: %s", args.config,
-          not c and ("no cluster named " .. tostring(name)) or ("not host:port: " .. tostring(target)))
+          not c and ("no cluster named " .. tostring(name)) or (tostring(name) .. ": " .. err))
       else
-        c.host, c.port, c.tls = host, tonumber(port), false
+        -- one target re-points the cluster; several become its endpoints
+        c.host, c.port, c.tls = list[1].host, list[1].port, false
+        c.endpoints = #list > 1 and list or nil
       end
     end
     for _, l in ipairs(model.listeners) do

@@ -254,8 +254,9 @@ function Stream:upstream()
   return int_out[0], int_out[1]
 end
 
-function Stream:set_upstream(cluster, timeout_ms)
-  local rc = C.nu_ffi_stream_set_upstream(sptr(self), cluster, timeout_ms or 0)
+-- policy: the route's upstream policy (retries, idle timeout), 0-based; 0 = default
+function Stream:set_upstream(cluster, timeout_ms, policy)
+  local rc = C.nu_ffi_stream_set_upstream(sptr(self), cluster, timeout_ms or 0, policy or 0)
   if rc ~= OK then error("set_upstream: not allowed now (rc " .. rc .. ")", 2) end
 end
 

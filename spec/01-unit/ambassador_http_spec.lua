@@ -13,8 +13,7 @@ local load = fixtures.load
 -- one v3alpha1 resource; body lines go under spec: (the first body line is line 7)
 local doc = fixtures.doc
 
-local LISTENER = doc("Listener", "l", { "port: 8080", "protocol: HTTP", "securityModel: XFP",
-  "hostBinding: {namespace: {from: ALL}}" })
+local LISTENER = fixtures.LISTENER
 
 local function mapping(name, body)
   local lines = { 'hostname: "*"', "prefix: /" .. name .. "/", "service: " .. name }
@@ -24,19 +23,7 @@ local function mapping(name, body)
   return doc("Mapping", name, lines)
 end
 
-local function module(lines)
-  local body = { "config:" }
-  for _, l in ipairs(lines) do
-    body[#body + 1] = "  " .. l
-  end
-  return doc("Module", "ambassador", body)
-end
-
-local function ok(text)
-  local model, errs, warns = load(text .. LISTENER)
-  assert.same({}, errs)
-  return model, warns
-end
+local module, ok, errors_of = fixtures.module, fixtures.ok, fixtures.errors_of
 
 local function route(model, name)
   for _, r in ipairs(model.routes) do
@@ -44,12 +31,6 @@ local function route(model, name)
       return r
     end
   end
-end
-
-local function errors_of(text)
-  local model, errs = load(text .. LISTENER)
-  assert.is_nil(model)
-  return errs
 end
 
 describe("nuncio.ambassador (issue 4)", function()
@@ -178,13 +159,13 @@ describe("nuncio.ambassador (issue 4)", function()
       local model = ok(mapping("a"))
       assert.same({ strip_matching_host_port = false, merge_slashes = false,
         reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
-        server_name = "envoy" }, model.http)
+        server_name = "envoy", listener_idle_timeout_ms = 3600000 }, model.http)
       model = ok(module({ "strip_matching_host_port: true", "merge_slashes: true",
         "reject_requests_with_escaped_slashes: true", "preserve_external_request_id: true",
-        "server_name: edge-1" }) .. mapping("a"))
+        "server_name: edge-1", "listener_idle_timeout_ms: 300" }) .. mapping("a"))
       assert.same({ strip_matching_host_port = true, merge_slashes = true,
         reject_requests_with_escaped_slashes = true, preserve_external_request_id = true,
-        server_name = "edge-1" }, model.http)
+        server_name = "edge-1", listener_idle_timeout_ms = 300 }, model.http)
     end)
 
     it("refuses settings of the wrong type", function()

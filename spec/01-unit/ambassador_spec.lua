@@ -15,8 +15,7 @@ local load = fixtures.load
 -- one v3alpha1 resource; body lines go under spec: (the first body line is line 7)
 local doc = fixtures.doc
 
-local LISTENER = doc("Listener", "l", { "port: 8080", "protocol: HTTP", "securityModel: XFP",
-  "hostBinding: {namespace: {from: ALL}}" })
+local LISTENER = fixtures.LISTENER
 
 -- a Mapping with hostname "*" plus a Listener, so no default-related warnings
 local function route_of(body, opts)
@@ -59,18 +58,19 @@ describe("nuncio.ambassador", function()
         hosts = { { name = "example-host", namespace = "default", hostname = "*", insecure_action = "Route",
           source = file .. ":20" } },
         clusters = { { name = "127_0_0_1_50051", host = "127.0.0.1", port = 50051, http2 = true, tls = false,
-          connect_timeout_ms = 3000 } },
+          connect_timeout_ms = 3000, lb = { policy = "round_robin" } } },
+        policies = { { retry_on = {}, num_retries = 0, per_try_timeout_ms = 0, retriable_status_codes = {} } },
         routes = { {
           name = "grpc-py", namespace = "default", source = file .. ":7",
           prefix = "/helloworld.Greeter/", prefix_regex = false, prefix_exact = false, case_sensitive = true,
           rewrite = "/helloworld.Greeter/", host = { kind = "glob", value = "*" }, method_regex = false,
           headers = {}, query = {}, precedence = 0,
-          grpc = true, cluster = 1, timeout_ms = 3000, hosts = { 1 },
+          grpc = true, cluster = 1, timeout_ms = 3000, hosts = { 1 }, policy = 1,
         } },
         module = {},
         http = { strip_matching_host_port = false, merge_slashes = false,
           reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
-          server_name = "envoy" },
+          server_name = "envoy", listener_idle_timeout_ms = 3600000 },
         tls_contexts = {},
       }, model)
     end)
@@ -90,7 +90,7 @@ describe("nuncio.ambassador", function()
       assert.equal("", old.rewrite)
       assert.equal(0, old.timeout_ms)
       assert.same({ name = "greeter_50051", host = "greeter", port = 50051, http2 = true, tls = false,
-        connect_timeout_ms = 3000 }, model.clusters[old.cluster])
+        connect_timeout_ms = 3000, lb = { policy = "round_robin" } }, model.clusters[old.cluster])
       -- the flat Module's config applies: 5000 ms default timeout
       assert.equal(5000, model.routes[2].timeout_ms)
       assert.equal("/", model.routes[2].rewrite)
@@ -732,14 +732,14 @@ describe("nuncio.ambassador", function()
 
     it("warns on keys of later issues and unknown keys, but applies cluster_request_timeout_ms", function()
       local model, errs, warns = load(doc("Module", "ambassador", { "config:", "  lua_scripts: 'x = 1'",
-        "  strip_matching_host_port: true", "  enable_grpc_web: true", "  cluster_idle_timeout_ms: 5",
+        "  strip_matching_host_port: true", "  enable_grpc_web: true", "  cluster_max_connection_lifetime_ms: 5",
         "  cluster_request_timeout_ms: 1234", "  warp_drive: on" })
         .. doc("Mapping", "m", { 'hostname: "*"', "prefix: /a/", "service: a" }) .. LISTENER)
       assert.same({}, errs)
       assert.equal(1234, model.routes[1].timeout_ms)
       assert.same({
         "t.yaml:10: Module ambassador: config.enable_grpc_web: accepted, not implemented yet",
-        "t.yaml:11: Module ambassador: config.cluster_idle_timeout_ms: accepted, not implemented yet",
+        "t.yaml:11: Module ambassador: config.cluster_max_connection_lifetime_ms: accepted, not implemented yet",
         "t.yaml:13: Module ambassador: config.warp_drive: unknown field, ignored",
       }, warns)
       assert.is_true(model.http.strip_matching_host_port)

@@ -1,5 +1,6 @@
 -- nuncio.config: native config + Ambassador resources -> model (docs/internals.md §2)
 local config = require("nuncio.config")
+local fixtures = require("ambassador_fixtures")
 
 local FIX = "spec/fixtures/ambassador/"
 local NATIVE = FIX .. "native/"
@@ -7,30 +8,9 @@ local NATIVE = FIX .. "native/"
 local NO_LISTENER = "no Listener resource: Emissary itself would listen nowhere; nuncio defaults to "
   .. "0.0.0.0:8080 (protocol HTTP, securityModel XFP) like Ambassador's quick-start"
 
--- writes text to a temporary file and returns its path
-local function tmpfile(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
-
 describe("nuncio.config", function()
-  local temps = {}
-
-  local function tmp(text)
-    local p = tmpfile(text)
-    temps[#temps + 1] = p
-    return p
-  end
-
-  after_each(function()
-    for _, p in ipairs(temps) do
-      os.remove(p)
-    end
-    temps = {}
-  end)
+  local tmp = fixtures.temp_files()
+  after_each(tmp.clean)
 
   it("fills every default without a config file", function()
     local model, errs, warns = config.load {}
@@ -39,6 +19,7 @@ describe("nuncio.config", function()
     assert.same({
       workers = 1,
       log_level = "info",
+      request_headers_timeout_ms = 10000,
       admin = { address = "127.0.0.1", port = 8877 },
       lua_path = {},
       chain = {},
@@ -47,11 +28,13 @@ describe("nuncio.config", function()
       hosts = { { name = "default-host", namespace = "default", hostname = "*", insecure_action = "Route",
         source = "(default)" } },
       clusters = {},
+      policies = { { retry_on = {}, num_retries = 0, per_try_timeout_ms = 0, retriable_status_codes = {} } },
+      outlier_detection = { consecutive_failures = 5, base_ejection_time_ms = 30000, max_ejection_percent = 10 },
       routes = {},
       module = {},
       http = { strip_matching_host_port = false, merge_slashes = false,
         reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
-        server_name = "envoy" },
+        server_name = "envoy", listener_idle_timeout_ms = 3600000 },
       tls_contexts = {},
     }, model)
   end)

@@ -590,7 +590,8 @@ describe("TLS loading", function()
     it("originates for https:// with no context, port 443, and says it sends no SNI", function()
       local model, warns = ok_model(mapping({ "service: https://up.example.com", "grpc: true" }) .. HOST .. HTTP_LISTENER)
       assert.same({ name = "up_example_com_443_tls", host = "up.example.com", port = 443, http2 = true,
-        tls = { context = "https", source = "t.yaml:9: Mapping m: service" }, connect_timeout_ms = 3000 },
+        tls = { context = "https", source = "t.yaml:9: Mapping m: service" }, connect_timeout_ms = 3000,
+        lb = { policy = "round_robin" } },
         model.clusters[1])
       assert.same({ "t.yaml:9: Mapping m: service: sends no SNI (as Emissary); use tls: <TLSContext> with sni if "
         .. "the upstream needs it" }, warns)
@@ -614,7 +615,8 @@ describe("TLS loading", function()
       local model, warns = ok_model(CTX .. mapping({ "service: up", "tls: upstream", "grpc: true" }) .. HOST
         .. HTTP_LISTENER)
       assert.same({}, warns)
-      assert.same({ name = "up_443_tls", host = "up", port = 443, http2 = true, connect_timeout_ms = 3000, tls = {
+      assert.same({ name = "up_443_tls", host = "up", port = 443, http2 = true, connect_timeout_ms = 3000,
+        lb = { policy = "round_robin" }, tls = {
         context = "upstream",
         sni = "up.example.com",
         alpn_protocols = { "h2" },

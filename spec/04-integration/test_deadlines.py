@@ -75,3 +75,41 @@ class GrpcTimeoutTest(NuncioTestCase):
 if __name__ == "__main__":
     import unittest
     unittest.main(verbosity=2)
+
+
+class StreamIdleTimeoutTest(NuncioTestCase):
+    """Mapping idle_timeout_ms: a stream with no traffic either way for that long
+    ends (Envoy's route idle_timeout); traffic keeps it alive past that time."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_upstream()
+        cls.start_proxy([mapping("echo", "/echo.Echo/", cls.up.address, idle_timeout_ms=400)])
+
+    def test_a_stream_silent_longer_than_the_idle_timeout_ends_and_cancels_upstream(self):
+        import grpc
+        tag = "idle-stream"
+        ended = self.up.ended_event(tag)
+        with self.proxy.channel() as channel:
+            replies = S.echo_pb2_grpc.EchoStub(channel).Expand(
+                echo.ExpandRequest(text="t", count=5, interval_ms=1500, tag=tag), timeout=CALL_TIMEOUT)
+            got = []
+            t0 = time.monotonic()
+            with self.assertRaises(grpc.RpcError) as ctx:
+                for r in replies:
+                    got.append(r.index)
+            secs = time.monotonic() - t0
+        self.assertRpcCode(ctx, grpc.StatusCode.UNAVAILABLE, "stream idle timeout")
+        self.assertEqual(got, [0], "the first message comes at once, the second after the idle timeout")
+        self.assertGreaterEqual(secs, 0.35)
+        self.assertLess(secs, 1.4)
+        self.assertTrue(ended.wait(CALL_TIMEOUT), "the upstream stream should be cancelled")
+        self.assertIn("stream idle for 400 ms", self.proxy_log())
+
+    def test_a_stream_with_traffic_outlives_the_idle_timeout(self):
+        with self.proxy.channel() as channel:
+            t0 = time.monotonic()
+            replies = list(S.echo_pb2_grpc.EchoStub(channel).Expand(
+                echo.ExpandRequest(text="t", count=8, interval_ms=150), timeout=CALL_TIMEOUT))
+            self.assertGreater(time.monotonic() - t0, 0.8)
+        self.assertEqual([r.index for r in replies], list(range(8)))

@@ -215,6 +215,52 @@ class ConcurrentCallsTest(NuncioTestCase):
         self.assertEqual(len(self.up.peers), 1, "the upstream saw the calls from %s" % sorted(self.up.peers))
 
 
+HOP_FILTER = r"""
+return {
+  new = function()
+    return {
+      on_request_headers = function(_, s)
+        s.request:set("connection", "close")
+        s.request:set("upgrade", "h2c")
+        s.request:set("keep-alive", "timeout=5")
+        s.request:set("x-added", "kept")
+      end,
+      on_response_headers = function(_, s)
+        s.response:set("transfer-encoding", "chunked")
+        s.response:set("proxy-connection", "keep-alive")
+        s.response:set("x-response-added", "kept")
+      end,
+    }
+  end,
+}
+"""
+
+
+class HopByHopHeadersTest(NuncioTestCase):
+    """Connection-specific headers a filter adds never leave nuncio: HTTP/2 peers
+    would treat the message as malformed (RFC 9113 §8.2.2)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_upstream()
+        cls.start_proxy([mapping("grpc-py", "/helloworld.Greeter/", cls.up.address)],
+                        chain=[{"name": "it_hop"}], lua_files={"it_hop.lua": HOP_FILTER})
+
+    def test_filter_added_hop_by_hop_headers_are_dropped_both_ways(self):
+        with self.proxy.channel() as channel:
+            reply, call = hw_grpc.GreeterStub(channel).SayHello.with_call(hw.HelloRequest(name="hop"),
+                                                                            timeout=CALL_TIMEOUT)
+        self.assertEqual(reply.message, "Hello, hop!")
+        md = self.up.calls_to("/helloworld.Greeter/SayHello")[-1]
+        self.assertEqual(md.get("x-added"), "kept")
+        for name in ("connection", "upgrade", "keep-alive"):
+            self.assertNotIn(name, md)
+        initial = dict(call.initial_metadata())
+        self.assertEqual(initial.get("x-response-added"), "kept")
+        self.assertNotIn("transfer-encoding", initial)
+        self.assertNotIn("proxy-connection", initial)
+
+
 if __name__ == "__main__":
     import unittest
     unittest.main(verbosity=2)

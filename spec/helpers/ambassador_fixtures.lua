@@ -1,6 +1,7 @@
 -- Shared by the loader specs: load Ambassador YAML text the way nuncio.config
 -- does, and write one resource as YAML with known line numbers.
 local amb = require("nuncio.ambassador")
+local assert = require("luassert")
 
 local ipairs, table_concat = ipairs, table.concat
 
@@ -32,6 +33,54 @@ function M.doc(kind, name, body, meta, api)
     lines[#lines + 1] = "  " .. l
   end
   return table_concat(lines, "\n") .. "\n"
+end
+
+--- A Listener on 8080 serving every Host, so specs get no default-listener warning.
+M.LISTENER = M.doc("Listener", "l", { "port: 8080", "protocol: HTTP", "securityModel: XFP",
+  "hostBinding: {namespace: {from: ALL}}" })
+
+--- The Module `ambassador` with these lines under config:.
+function M.module(lines)
+  local body = { "config:" }
+  for _, l in ipairs(lines) do
+    body[#body + 1] = "  " .. l
+  end
+  return M.doc("Module", "ambassador", body)
+end
+
+--- text plus M.LISTENER, loaded; asserts it has no errors -> model, warnings.
+function M.ok(text)
+  local model, errs, warns = M.load(text .. M.LISTENER)
+  assert.same({}, errs)
+  return model, warns
+end
+
+--- text plus M.LISTENER, loaded; asserts it fails -> errors.
+function M.errors_of(text)
+  local model, errs = M.load(text .. M.LISTENER)
+  assert.is_nil(model)
+  return errs
+end
+
+--- Temporary files for one describe block: files(text) writes one and returns its
+--- path; files.clean() (for after_each) removes them all.
+function M.temp_files()
+  local paths = {}
+  local files = setmetatable({}, { __call = function(_, text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(text)
+    f:close()
+    paths[#paths + 1] = path
+    return path
+  end })
+  function files.clean()
+    for _, p in ipairs(paths) do
+      os.remove(p)
+    end
+    paths = {}
+  end
+  return files
 end
 
 --- Is s one of list's values?

@@ -22,6 +22,9 @@ nuncio binary ($NUNCIO_BIN) as a child process on free ports, grpcio clients.
   tls_channel(), s_client() -> TLS clients (grpcio, `openssl s_client`).
 * NuncioTestCase   -> unittest.TestCase whose every failure or error message
                       carries the proxy log of the test.
+* H2Client(port)   -> a minimal raw HTTP/2 client (headers sent literally, even
+                      forbidden ones; a small window credited on demand, for
+                      slow readers); grpc_frame() frames a gRPC message.
 
 Nothing here sleeps to synchronize: readiness and settling are polled against a
 deadline, and servers signal with threading.Event.
@@ -413,9 +416,11 @@ def ambassador_yaml(listener_port, mappings, docs=(), default_listener=True, def
     return "".join(_render(d) for d in out)
 
 
-def native_yaml(admin_port, chain=None, lua_path=None, ambassador=("ambassador.yaml",)):
+def native_yaml(admin_port, chain=None, lua_path=None, ambassador=("ambassador.yaml",), extra=None):
+    """extra: more top-level keys, {key: value} (values written as JSON, which is YAML)."""
     out = ["admin:", "  address: 127.0.0.1", "  port: %d" % admin_port, "log_level: %s" % LOG_LEVEL,
            "ambassador: [%s]" % ", ".join(_q(a) for a in ambassador)]
+    out.extend("%s: %s" % (k, json.dumps(v)) for k, v in (extra or {}).items())
     if lua_path:
         out.append("lua_path: [%s]" % ", ".join(_q(p) for p in lua_path))
     if chain:
@@ -492,10 +497,11 @@ class Nuncio:
     default_listener / default_host: write the harness's Listener on .port and its
     "*" Host with insecure Route (both by default); listener_protocol: that Listener's
     protocol ("HTTPS": TLS and cleartext on .port). extra_ports: names of more free
-    ports to choose per attempt, found in .ports[name] (for Listeners in docs)."""
+    ports to choose per attempt, found in .ports[name] (for Listeners in docs).
+    native: more top-level keys of the native config, e.g. {"request_headers_timeout_ms": 300}."""
 
     def __init__(self, mappings, chain=None, lua_files=None, name="nuncio", docs=(), default_listener=True,
-                 default_host=True, listener_protocol="HTTP", extra_ports=()):
+                 default_host=True, listener_protocol="HTTP", extra_ports=(), native=None):
         if not os.access(BIN, os.X_OK):
             raise ProxyError("NUNCIO_BIN %s is not an executable (build first)" % BIN)
         self.dir = tempfile.mkdtemp(prefix="nuncio-it-%s-" % name)
@@ -507,6 +513,7 @@ class Nuncio:
         self.default_host = default_host
         self.listener_protocol = listener_protocol
         self.extra_ports = tuple(extra_ports)
+        self.native = dict(native or {})
         self.ports = {}
         self.lua_dir = None
         if lua_files:
@@ -536,7 +543,8 @@ class Nuncio:
                                         listener_protocol=self.listener_protocol))
             self.config_path = os.path.join(self.dir, "nuncio.yaml")
             with open(self.config_path, "w") as f:
-                f.write(native_yaml(self.admin_port, self.chain, [self.lua_dir] if self.lua_dir else None))
+                f.write(native_yaml(self.admin_port, self.chain, [self.lua_dir] if self.lua_dir else None,
+                                    extra=self.native))
             attempt_start = self.log_size()
             log = open(self.log_path, "ab")
             try:
@@ -776,6 +784,321 @@ class NuncioTestCase(unittest.TestCase):
         if details_contains is not None:
             self.assertIn(details_contains, err.details() or "")
         return err
+
+
+# --------------------------------------------------------------------------- raw HTTP/2 client
+
+import struct  # noqa: E402 - only the raw client below needs it
+
+H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_SETTINGS, H2_PING, H2_GOAWAY, H2_WINDOW_UPDATE, H2_CONTINUATION = (
+    0, 1, 3, 4, 6, 7, 8, 9)
+H2_END_STREAM, H2_ACK, H2_END_HEADERS, H2_PADDED, H2_PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
+H2_PROTOCOL_ERROR, H2_CANCEL = 0x1, 0x8
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+_hpack_lib = None
+
+
+def _hpack():
+    """libnghttp2's HPACK decoder through ctypes (the same library nuncio links)."""
+    global _hpack_lib
+    if _hpack_lib is None:
+        import ctypes
+        import ctypes.util
+        lib = ctypes.CDLL(ctypes.util.find_library("nghttp2") or "libnghttp2.so.14")
+
+        class NV(ctypes.Structure):
+            _fields_ = [("name", ctypes.POINTER(ctypes.c_uint8)), ("value", ctypes.POINTER(ctypes.c_uint8)),
+                        ("namelen", ctypes.c_size_t), ("valuelen", ctypes.c_size_t), ("flags", ctypes.c_uint8)]
+        lib.nghttp2_hd_inflate_new.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        lib.nghttp2_hd_inflate_del.argtypes = [ctypes.c_void_p]
+        lib.nghttp2_hd_inflate_end_headers.argtypes = [ctypes.c_void_p]
+        lib.nghttp2_hd_inflate_hd2.argtypes = [ctypes.c_void_p, ctypes.POINTER(NV), ctypes.POINTER(ctypes.c_int),
+                                               ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+        lib.nghttp2_hd_inflate_hd2.restype = ctypes.c_ssize_t
+        _hpack_lib = (ctypes, lib, NV)
+    return _hpack_lib
+
+
+class _HpackDecoder:
+    def __init__(self):
+        ctypes, lib, _ = _hpack()
+        self.ptr = ctypes.c_void_p()
+        if lib.nghttp2_hd_inflate_new(ctypes.byref(self.ptr)) != 0:
+            raise RuntimeError("nghttp2_hd_inflate_new failed")
+
+    def decode(self, block):
+        ctypes, lib, NV = _hpack()
+        out, nv, flags, off = [], NV(), ctypes.c_int(0), 0
+        while True:
+            rest = block[off:]
+            rv = lib.nghttp2_hd_inflate_hd2(self.ptr, ctypes.byref(nv), ctypes.byref(flags), rest, len(rest), 1)
+            if rv < 0:
+                raise ProxyError("HPACK decoding failed (%d) on %r" % (rv, bytes(block)))
+            off += rv
+            if flags.value & 0x02:  # NGHTTP2_HD_INFLATE_EMIT
+                out.append((ctypes.string_at(nv.name, nv.namelen).decode("latin-1"),
+                            ctypes.string_at(nv.value, nv.valuelen)))
+            if flags.value & 0x01:  # NGHTTP2_HD_INFLATE_FINAL
+                lib.nghttp2_hd_inflate_end_headers(self.ptr)
+                return out
+            if rv == 0 and not flags.value & 0x02:
+                raise ProxyError("truncated HPACK block %r" % (bytes(block),))
+
+    def close(self):
+        if self.ptr:
+            _hpack()[1].nghttp2_hd_inflate_del(self.ptr)
+            self.ptr = None
+
+
+def _hpack_int(value, prefix_bits, first=0):
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = [first | limit]
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7f) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def hpack_literal(headers):
+    """An HPACK block of literal fields without indexing and without Huffman: every
+    name and value goes on the wire exactly as given (bytes or latin-1 str)."""
+    out = bytearray()
+    for name, value in headers:
+        name = name.encode("latin-1") if isinstance(name, str) else name
+        value = value.encode("latin-1") if isinstance(value, str) else value
+        out += b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+    return bytes(out)
+
+
+def grpc_frame(message):
+    """A gRPC length-prefixed message (uncompressed) around serialized bytes or a protobuf."""
+    body = message if isinstance(message, (bytes, bytearray)) else message.SerializeToString()
+    return struct.pack(">BI", 0, len(body)) + body
+
+
+class H2Stream:
+    def __init__(self, sid):
+        self.id = sid
+        self.headers = []      # one decoded list of (name, value bytes) per header block (headers, trailers)
+        self.data = bytearray()
+        self.data_bytes = 0    # DATA payload received (padding excluded)
+        self.ended = False     # END_STREAM received
+        self.reset = None      # RST_STREAM error code received
+        self.send_window = 0
+
+    def header(self, name, block=0):
+        """The first value of name in header block `block` (0: the response headers,
+        -1: the last block, the trailers when there are some), as str; None if absent."""
+        try:
+            fields = self.headers[block]
+        except IndexError:
+            return None
+        values = [v for n, v in fields if n == name]
+        return values[0].decode("latin-1") if values else None
+
+    @property
+    def closed(self):
+        return self.ended or self.reset is not None
+
+
+class H2Client:
+    """A minimal HTTP/2 (h2c, prior knowledge) client on a blocking socket, for what
+    grpcio and nghttp cannot do: send a header exactly as given (even a forbidden one),
+    and read slowly with a small window that it credits only when told (credit()).
+
+    window: the stream window it advertises (SETTINGS_INITIAL_WINDOW_SIZE); its
+    connection window is the same when larger than HTTP/2's initial 65535. auto_credit: give every DATA byte back at once (WINDOW_UPDATE).
+    keep_data: keep DATA payloads in stream.data (else only count them).
+    Frames are read by read_frame() / wait(); on_frame(type, flags, sid, payload) sees each."""
+
+    def __init__(self, port, window=65535, auto_credit=True, keep_data=True, timeout=CALL_TIMEOUT,
+                 host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.authority = "%s:%d" % (host, port)
+        self.window = window
+        self.auto_credit = auto_credit
+        self.keep_data = keep_data
+        self.decoder = _HpackDecoder()
+        self.streams = {}
+        self.next_id = 1
+        self.goaway = None          # (last stream id, error code) once received
+        self.peer_settings = {}
+        self.peer_initial_window = 65535
+        self.conn_send_window = 65535
+        self.max_frame = 16384
+        self._rbuf = bytearray()
+        self._hblock = None         # (sid, flags, bytearray) while CONTINUATIONs are expected
+        self.closed = False
+        settings = struct.pack(">HI", 0x2, 0) + struct.pack(">HI", 0x4, min(window, 0x7fffffff))
+        self.sock.sendall(H2_PREFACE + self._frame(H2_SETTINGS, 0, 0, settings))
+        if window > 65535:
+            self.send_frame(H2_WINDOW_UPDATE, 0, 0, struct.pack(">I", window - 65535))
+
+    @staticmethod
+    def _frame(ftype, flags, sid, payload):
+        return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", ftype, flags, sid) + payload
+
+    def send_frame(self, ftype, flags, sid, payload=b""):
+        self.sock.sendall(self._frame(ftype, flags, sid, payload))
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            finally:
+                self.decoder.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- requests
+
+    def request(self, headers, body=None, end_stream=True):
+        """Opens a stream with these headers (list of (name, value), sent literally, in
+        order: put the pseudo-headers first) and body; returns the H2Stream."""
+        sid = self.next_id
+        self.next_id += 2
+        st = self.streams[sid] = H2Stream(sid)
+        st.send_window = self.peer_initial_window
+        no_body = not body and end_stream
+        self.send_frame(H2_HEADERS, H2_END_HEADERS | (H2_END_STREAM if no_body else 0), sid, hpack_literal(headers))
+        if body:
+            self.send_data(st, body, end_stream)
+        return st
+
+    def grpc_request(self, path, message, extra=(), authority=None):
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", path),
+                   (":authority", authority or self.authority), ("content-type", "application/grpc"),
+                   ("te", "trailers")] + list(extra)
+        return self.request(headers, grpc_frame(message))
+
+    def send_data(self, st, data, end_stream=True, deadline=None):
+        """Sends data on st within the peer's flow-control windows (reads frames while waiting)."""
+        deadline = deadline or time.monotonic() + CALL_TIMEOUT
+        view = memoryview(bytes(data))
+        while True:
+            n = min(len(view), self.max_frame, st.send_window, self.conn_send_window)
+            if n > 0 or not view:
+                last = n == len(view)
+                self.send_frame(H2_DATA, H2_END_STREAM if (last and end_stream) else 0, st.id, bytes(view[:n]))
+                st.send_window -= n
+                self.conn_send_window -= n
+                view = view[n:]
+                if last:
+                    return
+                continue
+            if st.closed:
+                raise ProxyError("stream %d closed while sending its body" % st.id)
+            self.read_frame(deadline)
+
+    def credit(self, st, n):
+        """Gives n received bytes back to the sender: on the connection, and on st
+        (an H2Stream, or None) while it is open."""
+        if n > 0:
+            payload = struct.pack(">I", n)
+            out = self._frame(H2_WINDOW_UPDATE, 0, 0, payload)
+            if st is not None and not st.closed:
+                out += self._frame(H2_WINDOW_UPDATE, 0, st.id, payload)
+            self.sock.sendall(out)
+
+    # -- reading
+
+    def _recv_exact(self, n, deadline):
+        while len(self._rbuf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no HTTP/2 frame from the proxy in time")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(max(65536, n - len(self._rbuf)))
+            if not chunk:
+                raise ConnectionError("the proxy closed the connection (goaway=%r)" % (self.goaway,))
+            self._rbuf += chunk
+        out = bytes(self._rbuf[:n])
+        del self._rbuf[:n]
+        return out
+
+    def read_frame(self, deadline=None):
+        """Reads and handles one frame; returns (type, flags, stream id, payload)."""
+        deadline = deadline or time.monotonic() + CALL_TIMEOUT
+        head = self._recv_exact(9, deadline)
+        length = int.from_bytes(head[:3], "big")
+        ftype, flags, sid = head[3], head[4], struct.unpack(">I", head[5:9])[0] & 0x7fffffff
+        payload = self._recv_exact(length, deadline) if length else b""
+        st = self.streams.get(sid)
+        if ftype == H2_SETTINGS and not flags & H2_ACK:
+            for i in range(0, len(payload) - 5, 6):
+                key, value = struct.unpack(">HI", payload[i:i + 6])
+                self.peer_settings[key] = value
+                if key == 0x4:
+                    for s in self.streams.values():
+                        s.send_window += value - self.peer_initial_window
+                    self.peer_initial_window = value
+                elif key == 0x5:
+                    self.max_frame = value
+            self.send_frame(H2_SETTINGS, H2_ACK, 0)
+        elif ftype == H2_PING and not flags & H2_ACK:
+            self.send_frame(H2_PING, H2_ACK, 0, payload)
+        elif ftype == H2_WINDOW_UPDATE:
+            inc = struct.unpack(">I", payload)[0] & 0x7fffffff
+            if sid == 0:
+                self.conn_send_window += inc
+            elif st is not None:
+                st.send_window += inc
+        elif ftype == H2_GOAWAY:
+            self.goaway = struct.unpack(">II", payload[:8])
+            self.goaway = (self.goaway[0] & 0x7fffffff, self.goaway[1])
+        elif ftype == H2_RST_STREAM and st is not None:
+            st.reset = struct.unpack(">I", payload)[0]
+        elif ftype in (H2_HEADERS, H2_CONTINUATION):
+            if ftype == H2_HEADERS:
+                body = payload
+                pad = 0
+                if flags & H2_PADDED:
+                    pad, body = body[0], body[1:]
+                if flags & H2_PRIORITY:
+                    body = body[5:]
+                self._hblock = (sid, flags, bytearray(body[:len(body) - pad]))
+            else:
+                self._hblock[2].extend(payload)
+            if flags & H2_END_HEADERS:
+                hsid, hflags, block = self._hblock
+                self._hblock = None
+                fields = self.decoder.decode(bytes(block))
+                hst = self.streams.get(hsid)
+                if hst is not None:
+                    hst.headers.append(fields)
+                    if hflags & H2_END_STREAM:
+                        hst.ended = True
+        elif ftype == H2_DATA:
+            body = payload
+            if flags & H2_PADDED:
+                body = body[1:len(body) - body[0]]
+            if st is not None:
+                st.data_bytes += len(body)
+                if self.keep_data:
+                    st.data += body
+                if flags & H2_END_STREAM:
+                    st.ended = True
+            if self.auto_credit and length:
+                self.credit(st, length)
+        return ftype, flags, sid, payload
+
+    def wait(self, st, timeout=CALL_TIMEOUT):
+        """Reads frames until st ends (END_STREAM or RST_STREAM); returns st."""
+        deadline = time.monotonic() + timeout
+        while not st.closed:
+            self.read_frame(deadline)
+        return st
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["serve"]:

@@ -27,6 +27,9 @@ local yaml_line = yaml.line
 
 local M = { NULL = NULL }
 
+-- The longest duration in milliseconds the C core can hold (an int).
+M.MAX_MS = 2147483647
+
 -- A YAML value with YAML's null turned into nil ("key:" with nothing after it).
 function M.value(v)
   if v == NULL then

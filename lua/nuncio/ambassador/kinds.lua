@@ -4,6 +4,7 @@
 
 local check = require("nuncio.ambassador.check")
 local mapping = require("nuncio.ambassador.mapping")
+local policy = require("nuncio.ambassador.policy")
 
 local next = next
 local ipairs = ipairs
@@ -25,6 +26,7 @@ local MODULE_DONE = check.set {
   "cluster_request_timeout_ms", "use_ambassador_namespace_for_service_resolution",
   "lua_scripts", "strip_matching_host_port", "merge_slashes", "reject_requests_with_escaped_slashes",
   "server_name", "add_linkerd_headers", "preserve_external_request_id", "defaults",
+  "retry_policy", "load_balancer", "cluster_idle_timeout_ms", "listener_idle_timeout_ms",
 }
 
 -- Keys Emissary knows; later issues implement them.
@@ -32,9 +34,9 @@ local MODULE_TODO = check.set {
   "enable_grpc_web", "enable_grpc_http11_bridge",
   "grpc_stats", "enable_http10", "use_remote_address", "xff_num_trusted_hops",
   "max_request_headers_kb", "diagnostics", "readiness_probe", "liveness_probe",
-  "cluster_idle_timeout_ms", "cluster_max_connection_lifetime_ms", "listener_idle_timeout_ms",
+  "cluster_max_connection_lifetime_ms",
   "buffer", "buffer_limit_bytes", "regex_type", "regex_max_size", "header_case_overrides",
-  "proper_case", "default_label_domain", "default_labels", "cors", "retry_policy", "load_balancer",
+  "proper_case", "default_label_domain", "default_labels", "cors",
   "circuit_breakers", "keepalive", "ip_allow", "ip_deny", "gzip", "enable_ipv4",
   "enable_ipv6", "forward_client_cert_details",
   "set_current_client_cert_details", "suppress_envoy_headers", "headers_with_underscores_action",
@@ -160,8 +162,8 @@ local function read_defaults(rep, res, cc)
 end
 
 -- module(rep, modules) -> config, settings
---   settings: { default_timeout_ms, use_ambassador_namespace, http, defaults,
---               add_linkerd_headers }
+--   settings: { default_timeout_ms, use_ambassador_namespace, http, defaults, retry_policy, load_balancer,
+--               add_linkerd_headers, cluster_idle_timeout_ms }
 --   settings.http: what nuncio's connection manager does with every request (model.http)
 function M.module(rep, modules)
   local chosen
@@ -198,9 +200,13 @@ function M.module(rep, modules)
   if server_name and server_name ~= "" then
     http.server_name = server_name
   end
+  http.listener_idle_timeout_ms = cc:int("listener_idle_timeout_ms", http.listener_idle_timeout_ms, 0, check.MAX_MS)
+  settings.cluster_idle_timeout_ms = cc:int("cluster_idle_timeout_ms", nil, 0, check.MAX_MS)
   http.lua_scripts = read_lua_scripts(rep, chosen, cc)
   settings.add_linkerd_headers = cc:bool("add_linkerd_headers", false)
   settings.defaults = read_defaults(rep, chosen, cc)
+  settings.retry_policy = policy.read_retry_policy(cc, "retry_policy")
+  settings.load_balancer = policy.read_load_balancer(cc, "load_balancer")
   cc:check_keys(MODULE_DONE, MODULE_TODO, "accepted, not implemented yet")
   return config, settings
 end
@@ -214,6 +220,7 @@ function M.default_http()
     reject_requests_with_escaped_slashes = false,
     preserve_external_request_id = false,
     server_name = "envoy", -- Emissary's default server_name
+    listener_idle_timeout_ms = 3600000, -- Envoy's connection manager idle_timeout: 1 h; 0: none
     lua_scripts = nil,
   }
 end

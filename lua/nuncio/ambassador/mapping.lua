@@ -7,6 +7,7 @@
 
 local check = require("nuncio.ambassador.check")
 local order = require("nuncio.ambassador.order")
+local policy = require("nuncio.ambassador.policy")
 local format = require("nuncio.ambassador.format")
 local yaml = require("nuncio.yaml")
 
@@ -194,19 +195,19 @@ end
 local HANDLED = check.set {
   "prefix", "prefix_regex", "prefix_exact", "case_sensitive", "rewrite", "grpc", "service",
   "hostname", "host", "host_regex", "headers", "regex_headers", "method", "method_regex",
-  "precedence", "timeout_ms", "connect_timeout_ms", "ambassador_id", "generation", "tls",
+  "precedence", "timeout_ms", "connect_timeout_ms", "cluster_idle_timeout_ms", "ambassador_id", "generation", "tls",
   "query_parameters", "regex_query_parameters", "weight", "add_request_headers",
   "add_response_headers", "remove_request_headers", "remove_response_headers", "host_rewrite",
-  "add_linkerd_headers",
+  "add_linkerd_headers", "retry_policy", "load_balancer", "idle_timeout_ms",
 }
 
 -- Emissary Mapping fields (v0..v3alpha1) nuncio accepts but does not act on yet.
 local TODO = check.set {
   "auto_host_rewrite", "host_redirect", "path_redirect",
   "prefix_redirect", "regex_redirect", "redirect_response_code", "regex_rewrite", "cors",
-  "retry_policy", "load_balancer", "shadow", "idle_timeout_ms", "labels", "docs",
+  "shadow", "labels", "docs",
   "bypass_auth", "bypass_error_response_overrides", "error_response_overrides", "allow_upgrade",
-  "use_websocket", "circuit_breakers", "cluster_idle_timeout_ms", "cluster_max_connection_lifetime_ms",
+  "use_websocket", "circuit_breakers", "cluster_max_connection_lifetime_ms",
   "cluster_tag", "dns_type", "enable_ipv4", "enable_ipv6", "envoy_override", "health_checks",
   "keepalive", "modules", "outlier_detection", "priority",
   "resolver", "respect_dns_ttl", "stats_name", "auth_context_extensions",
@@ -393,7 +394,8 @@ end
 --   res: resource envelope (res.spec holds the fields, res.legacy for v0..v2)
 --   ctx: { default_timeout_ms, ambassador_namespace, use_ambassador_namespace,
 --          defaults = { add_request_headers = list?, ... } (the Module's defaults.httpmapping),
---          add_linkerd_headers = bool (the Module's) }
+--          add_linkerd_headers = bool (the Module's),
+--          cluster_idle_timeout_ms = nil | ms (the Module's) }
 --   record.tls_ref: nil, or { kind = "https" | "true" | "name", name, field }:
 --   how TLS is originated (nuncio.ambassador.tls turns it into clusters[i].tls)
 function M.build(rep, res, ctx)
@@ -414,12 +416,24 @@ function M.build(rep, res, ctx)
   local precedence = c:int("precedence", 0)
   local timeout_ms = c:int("timeout_ms", ctx.default_timeout_ms or 3000, 0)
   local connect_timeout_ms = c:int("connect_timeout_ms", 3000, 1)
+  -- nil: the core's default, Envoy's 1 h
+  local cluster_idle_timeout_ms = c:int("cluster_idle_timeout_ms", ctx.cluster_idle_timeout_ms, 0, check.MAX_MS)
   local headers, authority = read_headers(c, "headers", false)
   local regex_headers = read_headers(c, "regex_headers", true)
   local query = read_query(c, "query_parameters", false)
   local regex_query = read_query(c, "regex_query_parameters", true)
   local host_rewrite = c:string("host_rewrite")
   local add_linkerd = c:bool("add_linkerd_headers", nil)
+  -- retry_policy / load_balancer: the Mapping's own, else the Module's (§1.12)
+  local retry_policy = policy.read_retry_policy(c, "retry_policy")
+  if retry_policy == nil and not c:has("retry_policy") then
+    retry_policy = ctx.retry_policy
+  end
+  local load_balancer = policy.read_load_balancer(c, "load_balancer")
+  if load_balancer == nil and not c:has("load_balancer") then
+    load_balancer = ctx.load_balancer
+  end
+  local idle_timeout_ms = c:int("idle_timeout_ms", nil, 0)
 
   -- weight: a share of the traffic of the Mappings with the same match (§1.8)
   local weight = c:raw("weight")
@@ -608,6 +622,10 @@ function M.build(rep, res, ctx)
     tls_ref = tls_ref, -- resolved into service.tls by nuncio.ambassador
     timeout_ms = timeout_ms,
     connect_timeout_ms = connect_timeout_ms,
+    cluster_idle_timeout_ms = cluster_idle_timeout_ms,
+    retry_policy = retry_policy,
+    load_balancer = load_balancer,
+    idle_timeout_ms = idle_timeout_ms,
   }
   M.compute_weight(rec)
   return rec
