@@ -7,9 +7,10 @@ PYTHON     := /usr/bin/python3
 # Debian 12 packages the build, the tests and the example need.
 DEB_PACKAGES := build-essential cmake pkg-config libev-dev libnghttp2-dev libyaml-dev libhttp-parser-dev libmbedtls-dev \
 	luajit2 libluajit2-5.1-dev lua-busted python3-grpcio python3-grpc-tools python3-protobuf \
-	nghttp2-client curl openssl
+	nghttp2-client curl openssl chromium
+# Not from Debian here: node (>= 20) and npm, for the gRPC-Web example page and its browser test.
 
-.PHONY: all deps build run test test-plain test-asan asan clean example-stubs
+.PHONY: all deps build run test test-plain test-asan asan clean example-stubs grpc-web-example bench bench-deps profile
 
 all: build
 
@@ -36,8 +37,13 @@ example-stubs: deps
 run: build example-stubs
 	@examples/grpc-greeter/run.sh $(BUILD)/nuncio conf/nuncio.yaml
 
+# The gRPC-Web example page (examples/grpc-web/dist), built when missing or outdated:
+# `npm ci` + `npm run build` there. The browser test loads it in Debian's chromium.
+grpc-web-example:
+	@$(MAKE) --no-print-directory -C examples/grpc-web
+
 # Every suite, then every suite again under ASan + UBSan (its summary prints last).
-test: build asan
+test: build asan grpc-web-example
 	cd $(BUILD) && ctest --output-on-failure -j 2
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j 2
 
@@ -45,12 +51,26 @@ asan: deps
 	cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DNUNCIO_SANITIZE=ON >/dev/null
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 
-test-plain: build
+test-plain: build grpc-web-example
 	cd $(BUILD) && ctest --output-on-failure -j 2
 
 # The whole suite under AddressSanitizer + UBSan only.
-test-asan: asan
+test-asan: asan grpc-web-example
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j 2
+
+# The peers the benchmark runs beside nuncio (not needed by the tests).
+BENCH_PACKAGES := nginx libnginx-mod-http-lua haproxy nghttp2-proxy nghttp2-client gnuplot-nox openssl linux-perf valgrind
+
+bench-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(BENCH_PACKAGES)"
+
+# nuncio beside nginx, HAProxy and nghttpx in one run; writes bench/RESULTS.md and bench/results.png.
+bench: build bench-deps
+	$(PYTHON) bench/run $(BENCH_ARGS)
+
+# Where nuncio's time goes per request (perf, else callgrind): bench/profile.
+profile: build bench-deps
+	bench/profile $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

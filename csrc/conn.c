@@ -207,7 +207,7 @@ static void read_some(struct conn *c)
 {
     uint8_t in[65536];
     /* A bounded number of reads per wake-up keeps one busy peer from starving the rest. */
-    for (int round = 0; round < 16 && !c->closing; round++) {
+    for (int round = 0; round < 16 && !c->closing && !c->read_paused; round++) {
         ssize_t n;
         if (c->tls) {
             int want_write = 0;
@@ -241,7 +241,24 @@ static void read_some(struct conn *c)
             return;
     }
     /* Out of rounds with decrypted bytes left: they will not wake the loop by themselves. */
-    if (!c->closing && c->tls && tls_pending(c->tls))
+    if (!c->closing && !c->read_paused && c->tls && tls_pending(c->tls))
+        ev_feed_event(c->w->loop, &c->rio, EV_READ);
+}
+
+void conn_pause_read(struct conn *c, int paused)
+{
+    if (c->closing || (unsigned)paused == c->read_paused)
+        return;
+    c->read_paused = paused ? 1 : 0;
+    if (c->connecting || c->handshaking || c->sniffing)
+        return; /* the read watcher is not ours to touch yet; read_some checks the flag */
+    if (paused) {
+        ev_io_stop(c->w->loop, &c->rio);
+        return;
+    }
+    ev_io_start(c->w->loop, &c->rio);
+    /* Decrypted bytes already buffered will not wake the loop by themselves. */
+    if (c->tls && tls_pending(c->tls))
         ev_feed_event(c->w->loop, &c->rio, EV_READ);
 }
 

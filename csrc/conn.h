@@ -65,6 +65,7 @@ struct conn {
     unsigned handshaking : 1; /* TLS handshake in progress */
     unsigned secure : 1;      /* requests on it count as secure (listener securityModel) */
     unsigned trust_xfp : 1;   /* a client's x-forwarded-proto is believed (l7Depth > 0) */
+    unsigned read_paused : 1; /* the codec's consumer is behind: leave input in the socket */
     int local_port;
     double accepted_at;        /* downstream: ev_now() at accept */
     double first_byte_timeout; /* downstream: how long the client may stay silent after accept */
@@ -85,6 +86,9 @@ void conn_accept_with(struct conn *c, struct tls_server *ts, double first_byte_t
 const char *conn_alpn(struct conn *c);
 void conn_set_handler(struct conn *c, const struct conn_handler *h, void *codec);
 void conn_start(struct conn *c);
+/* Stop (1) or restart (0) reading: back-pressure for a codec without a
+ * protocol-level window (HTTP/1), so the socket buffer holds the rest. */
+void conn_pause_read(struct conn *c, int paused);
 /* Ask for a flush at the next sweep. */
 void conn_want_write(struct conn *c);
 /* Write out what the codec has; called by the worker sweep. */

@@ -401,23 +401,10 @@ static const struct side_ops h2s_ops = {
     .consume = h2s_consume,
 };
 
-static const char http1_reply[] = "HTTP/1.1 505 HTTP Version Not Supported\r\n"
-                                  "content-type: text/plain\r\n"
-                                  "connection: close\r\n"
-                                  "content-length: 72\r\n\r\n"
-                                  "nuncio: this listener speaks HTTP/2 only (h2c with prior knowledge) now\n";
-
 static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
 {
     struct h2s *s = c->codec;
     ssize_t rv = nghttp2_session_mem_recv(s->ng, p, n);
-    if (rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC && n >= 4 && memcmp(p, "PRI ", 4) != 0) {
-        nu_log(NU_LOG_INFO, "[c%llu] %s sent HTTP/1 to an HTTP/2 listener: answered 505", (unsigned long long)c->id,
-               c->peer);
-        buf_append(&c->wbuf, http1_reply, sizeof http1_reply - 1);
-        c->finishing = 1;
-        return 0;
-    }
     if (rv < 0) {
         nu_log(NU_LOG_INFO, "[c%llu] %s: HTTP/2 error: %s", (unsigned long long)c->id, c->peer,
                nghttp2_strerror((int)rv));
@@ -432,8 +419,8 @@ static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
 static int h2s_fill(struct conn *c)
 {
     struct h2s *s = c->codec;
-    /* Say nothing until the client spoke: an HTTP/1 client must get our 505
-     * as the first bytes, not an HTTP/2 SETTINGS frame. */
+    /* Say nothing until the client spoke: a peer that never sends the
+     * preface (ALPN h2, then silence or junk) gets no frames. */
     if (!s->heard_client)
         return 0;
     while (buf_size(&c->wbuf) < CONN_WBUF_HIGH) {

@@ -2,6 +2,7 @@
 #include "config.h"
 #include "conn.h"
 #include "grpc.h"
+#include "grpc_web.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "nuncio.h"
@@ -48,6 +49,8 @@ static void log_line(struct stream *st, const char *what)
     const char *g = hdr_get(&st->x.resp.trailers, HDR_LIT("grpc-status"), &gl);
     if (!g)
         g = hdr_get(&st->x.resp.hdrs, HDR_LIT("grpc-status"), &gl);
+    if (!g && st->gw && st->gw->status[0]) /* moved into the gRPC-Web body */
+        g = st->gw->status, gl = strlen(g);
     double ms = st->w ? (ev_now(st->w->loop) - st->started) * 1000.0 : 0;
     char tries[32] = "";
     if (st->attempts > 1)
@@ -81,6 +84,7 @@ void stream_free(struct stream *st)
     hdr_clear(&st->x.resp.trailers);
     chunkq_clear(&st->x.req.body);
     chunkq_clear(&st->x.resp.body);
+    grpc_web_free(st->gw);
     free(st->details);
     if (st->w)
         st->w->live_streams--;
@@ -135,7 +139,14 @@ int stream_prepare_reply(struct stream *st, int status, int grpc_status, const c
     r->end = 1;
     char num[16];
     int rc = NU_OK;
-    if (st->flags & ST_F_GRPC) {
+    if (st->gw) {
+        /* Envoy's local reply to gRPC-Web is a plain HTTP one (the request was
+         * not gRPC when it arrived); the gRPC-Web response translation then
+         * makes its body grpc-message (send_response_headers). */
+        grpc_web_reset_response(st->gw);
+        st->gw->status_override = grpc_status;
+    }
+    if ((st->flags & ST_F_GRPC) && !st->gw) {
         /* Envoy's local reply to a gRPC request: trailers-only, HTTP 200, the
          * mapped grpc-status, and the reason in grpc-message. */
         rc |= hdr_add(&r->hdrs, HDR_LIT(":status"), HDR_LIT("200"));
@@ -163,10 +174,14 @@ int stream_prepare_reply(struct stream *st, int status, int grpc_status, const c
 }
 
 /* Hands the prepared response (local or from upstream) to the downstream codec. */
+static int gw_response_head(struct stream *st);
+
 static void send_response_headers(struct stream *st)
 {
     if (!st->x.down.ops || (st->flags & ST_F_RESP_STARTED))
         return;
+    if (st->gw && gw_response_head(st) != 0)
+        return; /* a non-gRPC answer waits for its body to become grpc-message */
     st->flags |= ST_F_RESP_STARTED;
     const char *server = st->w->cfg->server_name;
     if (server && hdr_set(&st->x.resp.hdrs, HDR_LIT("server"), server, strlen(server)) != NU_OK) {
@@ -219,6 +234,11 @@ static void end_grpc_call(struct stream *st, int grpc_status, const char *messag
         return;
     }
     r->end = 1;
+    if (st->gw && st->gw->resp == GRPC_WEB_RESP_FRAMES &&
+        grpc_web_response_end(st->gw, &r->trailers, &r->body) != NU_OK) {
+        st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
     st->x.down.ops->resume(&st->x);
 }
 
@@ -399,6 +419,142 @@ static int add_forwarding_headers(struct stream *st)
     return rc;
 }
 
+/* ------------------------------------------------------------ gRPC-Web */
+/* The translation itself is grpc_web.c's; these hooks feed it and act on
+ * what it decides. */
+
+/* A gRPC-Web request (Module enable_grpc_web): the head becomes a gRPC one. */
+static int gw_start(struct stream *st, int kind)
+{
+    size_t al = 0;
+    const char *accept = hdr_get(&st->x.req.hdrs, HDR_LIT("accept"), &al);
+    st->gw = grpc_web_new(kind, accept, al);
+    if (!st->gw)
+        return NU_ERR_NOMEM;
+    return grpc_web_request_headers(&st->x.req.hdrs);
+}
+
+/* The request body cannot be translated: Envoy's 400 for bad base64; nuncio
+ * also refuses a body whose last gRPC frame is cut short, so the upstream
+ * never waits for bytes that will not come. The upstream stream is cancelled. */
+static void gw_reject(struct stream *st, int why)
+{
+    const char *msg = why == NU_ERR_NOMEM   ? "out of memory"
+                      : why == NU_ERR_LIMIT ? "Bad gRPC-web request, truncated gRPC frame."
+                                            : "Bad gRPC-web request, invalid base64 data.";
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] gRPC-Web request body rejected: %s", (unsigned long long)st->conn_id,
+           (unsigned long long)st->id, msg);
+    if (st->flags & ST_F_WAIT_BODY) {
+        lua_bridge_release(st->w, st); /* the filter waiting for this body will not get it */
+        st->flags &= ~ST_F_WAIT_BODY;
+        st->lua_phase = -1;
+    }
+    if (st->flags & ST_F_RESP_STARTED) {
+        /* The answer already began (a streaming call): end it with a status. */
+        stop_timer(st);
+        st->flags |= ST_F_REPLIED;
+        cancel_upstream(st);
+        if (st->x.down.ops && !st->x.resp.end)
+            end_grpc_call(st, GRPC_INTERNAL, msg);
+        return;
+    }
+    local_reply(st, why == NU_ERR_NOMEM ? 500 : 400, -1, msg,
+                why == NU_ERR_NOMEM   ? "local_reply_nomem"
+                : why == NU_ERR_LIMIT ? "grpc_web_truncated_frame"
+                                      : "grpc_base_64_decode_failed");
+}
+
+/* Replaces a chunk of the client's body with its gRPC bytes. The base64
+ * overhead is credited to the client at once; the decoded bytes are credited
+ * as usual, when an attempt takes them (or at once when they are dropped). */
+static int gw_request_data(struct stream *st, const uint8_t **p, size_t *n)
+{
+    int already = st->gw->failed;
+    const uint8_t *out;
+    size_t on;
+    int rc = grpc_web_request_data(st->gw, *p, *n, &out, &on);
+    if (rc != NU_OK) {
+        st->x.down.ops->consume(&st->x, *n);
+        if (!already)
+            gw_reject(st, rc);
+        return rc;
+    }
+    if (*n > on)
+        st->x.down.ops->consume(&st->x, *n - on);
+    *p = out;
+    *n = on;
+    return NU_OK;
+}
+
+static int gw_request_end(struct stream *st)
+{
+    int already = st->gw->failed;
+    int rc = grpc_web_request_end(st->gw);
+    if (rc != NU_OK && !already)
+        gw_reject(st, rc);
+    return rc;
+}
+
+/* The response head is about to go to a gRPC-Web client (Envoy's grpc_web
+ * encodeHeaders). Returns 0 to send it now, 1 when it waits for the body
+ * (a non-gRPC answer whose body becomes grpc-message), -1 when it failed. */
+static int gw_response_head(struct stream *st)
+{
+    int wait;
+    int rc = grpc_web_head(st->gw, &st->x.resp, &wait);
+    if (rc == NU_OK)
+        return wait;
+    nu_log(NU_LOG_WARN, "[c%llu s%llu] gRPC-Web response translation: %s: resetting", (unsigned long long)st->conn_id,
+           (unsigned long long)st->id, nu_strerror(rc));
+    st->flags |= ST_F_REPLIED;
+    cancel_upstream(st);
+    st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+    return -1;
+}
+
+/* Upstream body bytes for a gRPC-Web client. Returns 1 when handled here. */
+static int gw_response_data(struct stream *st, const uint8_t *p, size_t n)
+{
+    struct exchange *x = &st->x;
+    int rc;
+    if (st->gw->resp == GRPC_WEB_RESP_COLLECT) {
+        rc = grpc_web_collect(st->gw, p, n);
+        x->up.ops->consume(x, n); /* kept (at most 16 KiB) or dropped: either way not queued */
+    } else if (st->gw->resp == GRPC_WEB_RESP_FRAMES) {
+        rc = grpc_web_response_data(st->gw, p, n, &x->resp.body);
+        if (rc == NU_OK)
+            x->down.ops->resume(x);
+    } else {
+        return 0; /* passes as it is */
+    }
+    if (rc != NU_OK) {
+        nu_log(NU_LOG_WARN, "[c%llu s%llu] gRPC-Web response translation: %s: resetting",
+               (unsigned long long)st->conn_id, (unsigned long long)st->id, nu_strerror(rc));
+        st->flags |= ST_F_REPLIED;
+        x->up.ops->consume(x, n);
+        cancel_upstream(st);
+        x->down.ops->reset(x, NGHTTP2_INTERNAL_ERROR);
+    }
+    return 1;
+}
+
+/* The upstream response ended: a collected answer goes out now; a gRPC one
+ * gets its trailers as the final 0x80 frame. */
+static int gw_response_end(struct stream *st)
+{
+    struct msg *r = &st->x.resp;
+    if (st->gw->resp == GRPC_WEB_RESP_COLLECT) {
+        send_response_headers(st);
+        return NU_OK;
+    }
+    if (st->gw->resp != GRPC_WEB_RESP_FRAMES)
+        return NU_OK;
+    int rc = grpc_web_response_end(st->gw, &r->trailers, &r->body);
+    if (rc != NU_OK)
+        st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
+    return rc;
+}
+
 /* ------------------------------------------------------------ attempts */
 
 static void start_attempt(struct stream *st);
@@ -503,6 +659,8 @@ static int reset_for_attempt(struct stream *st)
     x->up.unconsumed = 0;
     chunkq_clear(&x->req.body);
     st->attempt_taken = 0;
+    if (st->gw)
+        grpc_web_reset_response(st->gw);
     return chunkq_append_q(&x->req.body, &st->replay);
 }
 
@@ -604,8 +762,15 @@ static void d_on_headers(struct exchange *x)
     struct stream *st = st_of(x);
     size_t n;
     const char *ct = hdr_get(&x->req.hdrs, HDR_LIT("content-type"), &n);
-    if (ct && grpc_is_grpc_content_type(ct, n)) {
+    int web = st->w->cfg->enable_grpc_web ? grpc_web_kind(ct, n) : GRPC_WEB_NONE;
+    if (web || (ct && grpc_is_grpc_content_type(ct, n))) {
+        /* A gRPC-Web call is translated into a gRPC one before the filters
+         * see it (Envoy's filter order): deadlines, status mapping and retries apply. */
         st->flags |= ST_F_GRPC;
+        if (web && gw_start(st, web) != NU_OK) {
+            local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
+            return;
+        }
         arm_grpc_deadline(st);
     }
     if (add_forwarding_headers(st) != NU_OK) {
@@ -636,6 +801,8 @@ static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
 {
     struct stream *st = st_of(x);
     st->last_active = ev_now(st->w->loop);
+    if (st->gw && (gw_request_data(st, &p, &n) != NU_OK || n == 0))
+        return; /* rejected, or only part of a base64 group so far */
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 0) {
         hold_body(st, &x->req, p, n);
         st->req_credited += n; /* credited now: not again when an attempt takes it */
@@ -666,6 +833,8 @@ static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
 static void d_on_end(struct exchange *x)
 {
     struct stream *st = st_of(x);
+    if (st->gw && gw_request_end(st) != NU_OK)
+        return;
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 0) {
         st->flags &= ~ST_F_WAIT_BODY;
         after_request_phase(st, lua_bridge_resume(st->w, st));
@@ -678,8 +847,11 @@ static void d_on_end(struct exchange *x)
 
 static void d_on_body_taken(struct exchange *x, size_t n)
 {
-    st_of(x)->last_active = ev_now(st_of(x)->w->loop);
-    if (x->up.ops)
+    struct stream *st = st_of(x);
+    st->last_active = ev_now(st->w->loop);
+    if (st->gw && st->gw->resp == GRPC_WEB_RESP_FRAMES)
+        n = grpc_web_credit(st->gw, n); /* the client takes translated bytes, the upstream is owed its own */
+    if (x->up.ops && n)
         x->up.ops->consume(x, n);
 }
 
@@ -774,7 +946,8 @@ static void u_on_headers(struct exchange *x)
         return;
     }
     drop_replay(st);
-    if ((st->flags & ST_F_GRPC) && map_non_grpc_response(st))
+    /* A gRPC-Web client's non-gRPC answers are translated as Envoy's grpc_web filter does (send_response_headers). */
+    if ((st->flags & ST_F_GRPC) && !st->gw && map_non_grpc_response(st))
         return;
     if (!lua_bridge_wants(st->w, LB_PHASE_RESPONSE_HEADERS)) {
         send_response_headers(st);
@@ -799,6 +972,8 @@ static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
         x->up.ops->consume(x, n);
         return;
     }
+    if (st->gw && gw_response_data(st, p, n))
+        return;
     if (chunkq_append(&x->resp.body, p, n) != NU_OK) {
         x->up.ops->consume(x, n);
         x->up.ops->reset(x, NGHTTP2_INTERNAL_ERROR);
@@ -834,6 +1009,8 @@ static void u_on_end(struct exchange *x)
             return;
         }
     }
+    if (st->gw && gw_response_end(st) != NU_OK)
+        return;
     x->down.ops->resume(x);
 }
 

@@ -10,6 +10,7 @@
 #include "worker.h"
 
 struct conn;
+struct grpc_web;
 struct upstream_endpoint;
 
 /* Which header map an FFI call means (ffi.h callers pass these ints). */
@@ -78,6 +79,7 @@ struct stream {
     ev_tstamp last_active;
     int up_status; /* the current attempt's HTTP status (0: none yet) */
     int up_grpc;   /* and its grpc-status (-1: none) */
+    struct grpc_web *gw; /* a gRPC-Web request's translation state (NULL: not gRPC-Web); owned here */
 };
 
 /* Bytes a filter may make the proxy hold while it waits for a whole body

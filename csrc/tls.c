@@ -365,6 +365,10 @@ struct tls_client *tls_client_new(const struct nu_tls_cfg *cfg, int want_h2, cha
          * it even when the TLSContext lists none (Emissary would fail there). */
         static const char *h2_only[] = {"h2", NULL};
         mbedtls_ssl_conf_alpn_protocols(&c->c.conf, h2_only);
+    } else if (!c->c.alpn) {
+        /* HTTP/1.1 clusters say so, so a server that also speaks h2 does not pick it. */
+        static const char *http11_only[] = {"http/1.1", NULL};
+        mbedtls_ssl_conf_alpn_protocols(&c->c.conf, http11_only);
     }
     if (cfg->ca_pem) {
         if (parse_pem_crt(&c->ca, cfg->ca_pem, cfg, "CA certificate", err, errlen) != NU_OK)

@@ -1,6 +1,7 @@
 #include "upstream.h"
 #include "config.h"
 #include "exchange.h"
+#include "h1c.h"
 #include "h2c.h"
 #include "log.h"
 #include "nuncio.h"
@@ -42,19 +43,16 @@ static ev_tstamp now_of(struct upstream_set *u)
     return ev_now(u->w->loop);
 }
 
-static void on_conn_gone(void *owner, struct h2c *h)
+/* A connection of ep is gone: connect backoff from how it ended. connected:
+ * it came up; failed: its dial failed (not merely abandoned). */
+static void conn_gone(struct upstream_endpoint *ep, int connected, int failed)
 {
-    struct upstream_endpoint *ep = owner;
-    for (size_t i = 0; i < ep->n_pool; i++) {
-        if (ep->pool[i] == h) {
-            ep->pool[i] = ep->pool[--ep->n_pool];
-            break;
-        }
-    }
-    if (h2c_was_connected(h)) {
+    if (connected) {
         ep->connect_failures = 0;
         return;
     }
+    if (!failed)
+        return;
     /* Repeated connect failures hold further dials off, so a dead endpoint is
      * not hammered by every request (jittered, so workers do not sync up). */
     if (++ep->connect_failures < 2)
@@ -67,6 +65,44 @@ static void on_conn_gone(void *owner, struct h2c *h)
     ep->dial_after = now_of(u) + delay;
     nu_log(NU_LOG_INFO, "upstream %s: %u connects failed in a row: no new connection for %.0f ms", ep->label,
            ep->connect_failures, delay * 1000);
+}
+
+static void on_conn_gone(void *owner, struct h2c *h)
+{
+    struct upstream_endpoint *ep = owner;
+    for (size_t i = 0; i < ep->n_pool; i++) {
+        if (ep->pool[i] == h) {
+            ep->pool[i] = ep->pool[--ep->n_pool];
+            break;
+        }
+    }
+    conn_gone(ep, h2c_was_connected(h), 1);
+}
+
+static void remove_h1(struct h1c **v, size_t *n, struct h1c *h)
+{
+    for (size_t i = *n; i-- > 0;) {
+        if (v[i] == h) {
+            memmove(&v[i], &v[i + 1], (*n - i - 1) * sizeof *v);
+            (*n)--;
+            return;
+        }
+    }
+}
+
+/* An HTTP/1.1 connection of ep finished an exchange (back to the idle list)
+ * or is gone (out of both lists). */
+static void on_h1_event(void *owner, struct h1c *h, int event)
+{
+    struct upstream_endpoint *ep = owner;
+    if (event == H1C_IDLE) {
+        /* cap_h1 bounds both lists, and the idle one is a subset of all. */
+        ep->h1_idle[ep->n_h1_idle++] = h;
+        return;
+    }
+    remove_h1(ep->h1_idle, &ep->n_h1_idle, h);
+    remove_h1(ep->h1_all, &ep->n_h1, h);
+    conn_gone(ep, h1c_was_connected(h), h1c_connect_failed(h));
 }
 
 /* Appends the addresses host:port resolves to (IPv4 ones when it has any, as
@@ -195,9 +231,16 @@ void upstream_set_free(struct upstream_set *u)
         return;
     for (size_t i = 0; i < u->n; i++) {
         struct upstream_cluster *c = &u->v[i];
-        for (size_t e = 0; e < c->n_ep; e++)
-            for (size_t k = 0; k < c->ep[e].n_pool; k++)
-                h2c_detach_owner(c->ep[e].pool[k]);
+        for (size_t e = 0; e < c->n_ep; e++) {
+            struct upstream_endpoint *ep = &c->ep[e];
+            for (size_t k = 0; k < ep->n_pool; k++)
+                h2c_detach_owner(ep->pool[k]);
+            /* Detaching may close an idle one, which reports nothing now. */
+            for (size_t k = 0; k < ep->n_h1; k++)
+                h1c_detach_owner(ep->h1_all[k]);
+            free(ep->h1_all);
+            free(ep->h1_idle);
+        }
         free(c->ep);
         free(c->name);
         free(c->host);
@@ -226,7 +269,7 @@ static int ejected(struct upstream_endpoint *ep, ev_tstamp now)
 
 static int backing_off(const struct upstream_endpoint *ep, ev_tstamp now)
 {
-    return ep->n_pool == 0 && now < ep->dial_after;
+    return ep->n_pool == 0 && ep->n_h1_idle == 0 && now < ep->dial_after;
 }
 
 /* Candidates, best class first: healthy and not the previous attempt's;
@@ -430,6 +473,77 @@ static struct h2c *dial(struct upstream_set *u, struct upstream_endpoint *ep, co
     return h;
 }
 
+/* Room for one more HTTP/1.1 connection in ep's lists. */
+static int h1_reserve(struct upstream_endpoint *ep)
+{
+    if (ep->n_h1 < ep->cap_h1)
+        return NU_OK;
+    size_t cap = ep->cap_h1 ? ep->cap_h1 * 2 : 4;
+    if (cap > UPSTREAM_MAX_H1_CONNS)
+        cap = UPSTREAM_MAX_H1_CONNS;
+    struct h1c **all = realloc(ep->h1_all, cap * sizeof *all);
+    if (!all)
+        return NU_ERR_NOMEM;
+    ep->h1_all = all;
+    struct h1c **idle = realloc(ep->h1_idle, cap * sizeof *idle);
+    if (!idle)
+        return NU_ERR_NOMEM; /* h1_all stays grown: cap_h1 only moves when both did */
+    ep->h1_idle = idle;
+    ep->cap_h1 = cap;
+    return NU_OK;
+}
+
+/* HTTP/1.1: the most recently idle connection, else a new one, else overflow. */
+static int attach_h1(struct upstream_set *u, struct upstream_endpoint *ep, struct exchange *x,
+                     struct upstream_endpoint **epp, const char **why)
+{
+    struct upstream_cluster *c = ep->c;
+    struct h1c *h = NULL;
+    while (ep->n_h1_idle && !h) {
+        struct h1c *p = ep->h1_idle[--ep->n_h1_idle];
+        if (!h1c_usable(p))
+            continue; /* closing: its gone event removes it from the other list */
+        if (h1c_submit(p, x) != NU_OK) {
+            /* The request's fault (bytes HTTP/1.1 cannot carry), not the connection's. */
+            ep->h1_idle[ep->n_h1_idle++] = p;
+            *why = "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
+            return NU_ERR_PROTO;
+        }
+        h = p;
+    }
+    if (!h) {
+        if (ep->n_h1 >= UPSTREAM_MAX_H1_CONNS) {
+            nu_log(NU_LOG_WARN, "upstream %s: all %d HTTP/1.1 connections busy: overflow", ep->label,
+                   UPSTREAM_MAX_H1_CONNS);
+            *why = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+            return NU_ERR_LIMIT;
+        }
+        *why = "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+        if (h1_reserve(ep) != NU_OK)
+            return NU_ERR_NOMEM;
+        int err;
+        h = h1c_connect(u->w, (const struct sockaddr *)&ep->addr, ep->addrlen, c->connect_timeout_ms / 1000.0, c->tls,
+                        ep->label, on_h1_event, ep, &err);
+        if (!h) {
+            nu_log(NU_LOG_WARN, "upstream %s: cannot open a connection: %s", ep->label, nu_strerror(err));
+            return NU_ERR_IO;
+        }
+        c->connects++;
+        ep->h1_all[ep->n_h1++] = h;
+        h1c_set_idle_timeout(h, c->idle_timeout_ms / 1000.0);
+        if (h1c_submit(h, x) != NU_OK) {
+            /* A request HTTP/1.1 cannot carry (a method or path with spaces): the new connection idles. */
+            ep->h1_idle[ep->n_h1_idle++] = h;
+            *why = "upstream connect error or disconnect/reset before headers. reset reason: protocol error";
+            return NU_ERR_PROTO;
+        }
+    }
+    ep->active++;
+    ep->requests++;
+    *epp = ep;
+    return NU_OK;
+}
+
 int upstream_attach(struct upstream_set *u, int cluster, struct exchange *x, const struct upstream_pick *pick,
                     struct upstream_endpoint **epp, const char **why)
 {
@@ -451,6 +565,8 @@ int upstream_attach(struct upstream_set *u, int cluster, struct exchange *x, con
                "(backing off after failed connects)";
         return NU_ERR_AGAIN;
     }
+    if (!c->http2)
+        return attach_h1(u, ep, x, epp, why);
     /* The first pooled connection with room under the peer's
      * MAX_CONCURRENT_STREAMS; else a new one; at the cap, the least busy
      * (nghttp2 queues the stream until one of its streams ends). */

@@ -1,6 +1,7 @@
 /* Upstream clusters: their endpoints, the balancer that picks one per
  * request, passive health (ejection, connect backoff) and the per-endpoint
- * HTTP/2 connection pools. */
+ * connection pools: HTTP/2 (h2c, many streams each) for clusters with http2,
+ * HTTP/1.1 (h1c, one exchange each, kept alive) for the rest. */
 #ifndef NUNCIO_UPSTREAM_H
 #define NUNCIO_UPSTREAM_H
 
@@ -12,11 +13,18 @@
 struct worker;
 struct exchange;
 struct h2c;
+struct h1c;
 struct nu_config;
 struct upstream_cluster;
 
 /* Connections per endpoint before new streams queue on the least busy one. */
 #define UPSTREAM_MAX_CONNS 16
+/* HTTP/1.1 connections per endpoint, busy or idle (Envoy's circuit-breaker
+ * default max_connections). A request finding every one of them busy fails
+ * at once with 503 "overflow" rather than queueing: Envoy's own pending queue
+ * would hold it, but a stalled endpoint with 1024 requests in flight is
+ * better answered now than in a route timeout. */
+#define UPSTREAM_MAX_H1_CONNS 1024
 /* Addresses per cluster (a name's records plus configured endpoints). */
 #define UPSTREAM_MAX_ENDPOINTS 256
 
@@ -30,6 +38,10 @@ struct upstream_endpoint {
      * until its streams finish. */
     struct h2c *pool[UPSTREAM_MAX_CONNS];
     size_t n_pool;
+    /* HTTP/1.1: every open connection (for the cap and for detaching), and
+     * the idle ones, most recently used last (taken LIFO: the warmest). */
+    struct h1c **h1_all, **h1_idle;
+    size_t n_h1, n_h1_idle, cap_h1;
     uint32_t active;           /* calls in flight here (least request) */
     uint32_t failures;         /* consecutive failed calls (passive health) */
     uint32_t ejections;        /* times ejected: each ejection lasts longer */

@@ -2,6 +2,7 @@
 #include "admin.h"
 #include "config.h"
 #include "conn.h"
+#include "h1s.h"
 #include "h2s.h"
 #include "listener.h"
 #include "stream.h"
@@ -99,28 +100,44 @@ struct front {
     int l7_depth;
 };
 
-/* The transport is ready (cleartext, or TLS after the handshake): decide
- * whether its requests count as secure, then speak HTTP/2 on it. ALPN
- * http/1.1 or none also lands here: a client sending the h2 preface works,
- * an HTTP/1.1 one is told 505 until HTTP/1.1 support lands. */
-static int ready_h2(struct conn *c, void *arg)
+static int attach_h2(struct conn *c, void *arg)
 {
     struct front *f = arg;
-    c->secure = f->security_model == NU_SECURITY_SECURE || (f->security_model == NU_SECURITY_XFP && c->tls);
-    c->trust_xfp = f->security_model == NU_SECURITY_XFP && f->l7_depth > 0;
-    if (c->tls && nu_log_enabled(NU_LOG_DEBUG)) {
-        const char *alpn = conn_alpn(c);
-        nu_log(NU_LOG_DEBUG, "[c%llu] TLS from %s, ALPN %s", (unsigned long long)c->id, c->peer, alpn ? alpn : "none");
-    }
     const struct nu_config *cfg = f->w->cfg;
     return h2s_attach(c, stream_open, f->w, 1000, cfg->listener_idle_timeout_ms / 1000.0,
                       cfg->request_headers_timeout_ms / 1000.0);
 }
 
+/* The transport is ready (cleartext, or TLS after the handshake): decide
+ * whether its requests count as secure, then pick the codec. ALPN decides
+ * when the client offered it; otherwise HTTP/1.1, which hands the connection
+ * to HTTP/2 if its first bytes are the client preface (h2c prior knowledge). */
+static int ready_front(struct conn *c, void *arg)
+{
+    struct front *f = arg;
+    c->secure = f->security_model == NU_SECURITY_SECURE || (f->security_model == NU_SECURITY_XFP && c->tls);
+    c->trust_xfp = f->security_model == NU_SECURITY_XFP && f->l7_depth > 0;
+    const char *alpn = conn_alpn(c);
+    if (c->tls && nu_log_enabled(NU_LOG_DEBUG))
+        nu_log(NU_LOG_DEBUG, "[c%llu] TLS from %s, ALPN %s", (unsigned long long)c->id, c->peer, alpn ? alpn : "none");
+    if (alpn && strcmp(alpn, "h2") == 0)
+        return attach_h2(c, f);
+    const struct nu_config *cfg = f->w->cfg;
+    struct h1s_opts o = {
+        .idle_timeout = cfg->listener_idle_timeout_ms / 1000.0,
+        .header_timeout = cfg->request_headers_timeout_ms / 1000.0,
+        .enable_http10 = cfg->enable_http10,
+        .server_name = cfg->server_name,
+        .to_h2 = alpn ? NULL : attach_h2, /* ALPN http/1.1 was a promise: no sniffing */
+        .to_h2_arg = f,
+    };
+    return h1s_attach(c, stream_open, f->w, &o);
+}
+
 static int attach_front(struct conn *c, void *arg)
 {
     struct front *f = arg;
-    conn_accept_with(c, f->tls, f->w->cfg->request_headers_timeout_ms / 1000.0, ready_h2, f);
+    conn_accept_with(c, f->tls, f->w->cfg->request_headers_timeout_ms / 1000.0, ready_front, f);
     return NU_OK;
 }
 
@@ -152,7 +169,7 @@ int worker_start(struct worker *w)
         if (!l)
             return rc;
         nu_log(NU_LOG_INFO, "listener %s on %s:%d (%s)", lc->name, lc->address, l->port,
-               lc->tls ? "HTTPS: TLS with ALPN, and cleartext HTTP/2" : "HTTP/2 cleartext");
+               lc->tls ? "HTTPS: TLS with ALPN, and cleartext HTTP/1.1 and HTTP/2" : "cleartext HTTP/1.1 and HTTP/2");
     }
     if (cfg->admin_enabled) {
         struct listener *l = listener_open(w, "admin", cfg->admin_address, cfg->admin_port, admin_attach, w, &rc);

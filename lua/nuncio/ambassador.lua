@@ -512,6 +512,7 @@ local function route_of(rec)
     weight = rec.weight,
     grpc = rec.grpc,
     cluster = rec.cluster,
+    cors = rec.cors,
     timeout_ms = rec.timeout_ms,
     hosts = rec.hosts,
     host_rewrite = rec.host_rewrite,
@@ -820,6 +821,7 @@ function M.build_model(resources, opts)
     cluster_idle_timeout_ms = settings.cluster_idle_timeout_ms,
     retry_policy = settings.retry_policy,
     load_balancer = settings.load_balancer,
+    cors = settings.cors,
   }
   local recs = {}
   for _, res in ipairs(by_kind.Mapping) do

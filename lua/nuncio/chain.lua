@@ -2,7 +2,7 @@
 --   1. what Envoy's connection manager does before any filter (model.http, from the
 --      Module): reject escaped slashes (400), merge slashes, x-request-id;
 --   2. bundled filters the Module asks for: strip_host_port (strip_matching_host_port),
---      then envoy_scripts (lua_scripts);
+--      then envoy_scripts (lua_scripts), then cors (when a route has a cors policy);
 --   3. the user's native filters in configured order;
 --   4. the router (terminal, like Envoy's router filter): route, the route's header
 --      rewrites, host and path rewrite, upstream.
@@ -70,7 +70,7 @@ local function instantiate(entry)
 end
 
 -- The bundled filters the Module switches on, ahead of the user's chain.
-local function bundled_entries(http)
+local function bundled_entries(http, routes)
   local list = {}
   if http.strip_matching_host_port then
     list[#list + 1] = { name = "strip_host_port", config = {},
@@ -80,6 +80,14 @@ local function bundled_entries(http)
   if ls then
     list[#list + 1] = { name = "envoy_scripts", config = { code = ls.code, name = "lua_scripts", fail_closed = false },
       source = ls.source, lua_scripts = ls }
+  end
+  -- Envoy's CORS filter comes after the Lua filter (behaviour notes §5.3); Emissary always
+  -- installs it, nuncio only when a route has a cors policy (it does nothing otherwise).
+  for _, route in ipairs(routes or {}) do
+    if route.cors then
+      list[#list + 1] = { name = "cors", config = {}, source = "(Mapping/Module cors)" }
+      break
+    end
   end
   return list
 end
@@ -110,7 +118,7 @@ function M.new(model, router)
   end
   local http = model.http or {}
   local filters = {}
-  local entries = bundled_entries(http)
+  local entries = bundled_entries(http, model.routes)
   for _, entry in ipairs(model.chain or {}) do entries[#entries + 1] = entry end
   for _, entry in ipairs(entries) do
     local f, err = instantiate(entry)

@@ -15,23 +15,11 @@ local doc = fixtures.doc
 
 local LISTENER = fixtures.LISTENER
 
-local function mapping(name, body)
-  local lines = { 'hostname: "*"', "prefix: /" .. name .. "/", "service: " .. name }
-  for _, l in ipairs(body or {}) do
-    lines[#lines + 1] = l
-  end
-  return doc("Mapping", name, lines)
-end
+local mapping = fixtures.mapping
 
 local module, ok, errors_of = fixtures.module, fixtures.ok, fixtures.errors_of
 
-local function route(model, name)
-  for _, r in ipairs(model.routes) do
-    if r.name == name then
-      return r
-    end
-  end
-end
+local route = fixtures.route
 
 describe("nuncio.ambassador (issue 4)", function()
   describe("query parameters", function()
@@ -159,13 +147,21 @@ describe("nuncio.ambassador (issue 4)", function()
       local model = ok(mapping("a"))
       assert.same({ strip_matching_host_port = false, merge_slashes = false,
         reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
-        server_name = "envoy", listener_idle_timeout_ms = 3600000 }, model.http)
+        server_name = "envoy", listener_idle_timeout_ms = 3600000, enable_http10 = false,
+        enable_grpc_web = false }, model.http)
       model = ok(module({ "strip_matching_host_port: true", "merge_slashes: true",
         "reject_requests_with_escaped_slashes: true", "preserve_external_request_id: true",
-        "server_name: edge-1", "listener_idle_timeout_ms: 300" }) .. mapping("a"))
+        "server_name: edge-1", "listener_idle_timeout_ms: 300", "enable_http10: true" }) .. mapping("a"))
       assert.same({ strip_matching_host_port = true, merge_slashes = true,
         reject_requests_with_escaped_slashes = true, preserve_external_request_id = true,
-        server_name = "edge-1", listener_idle_timeout_ms = 300 }, model.http)
+        server_name = "edge-1", listener_idle_timeout_ms = 300, enable_http10 = true,
+        enable_grpc_web = false }, model.http)
+    end)
+
+    it("turns gRPC-Web on when enable_grpc_web is present, even as false (as Emissary)", function()
+      assert.is_true(ok(module({ "enable_grpc_web: true" }) .. mapping("a")).http.enable_grpc_web)
+      assert.is_true(ok(module({ "enable_grpc_web: false" }) .. mapping("a")).http.enable_grpc_web)
+      assert.is_false(ok(module({ "merge_slashes: true" }) .. mapping("a")).http.enable_grpc_web)
     end)
 
     it("refuses settings of the wrong type", function()

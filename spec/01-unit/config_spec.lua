@@ -34,7 +34,8 @@ describe("nuncio.config", function()
       module = {},
       http = { strip_matching_host_port = false, merge_slashes = false,
         reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
-        server_name = "envoy", listener_idle_timeout_ms = 3600000 },
+        server_name = "envoy", listener_idle_timeout_ms = 3600000, enable_http10 = false,
+        enable_grpc_web = false },
       tls_contexts = {},
     }, model)
   end)

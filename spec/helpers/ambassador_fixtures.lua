@@ -39,6 +39,24 @@ end
 M.LISTENER = M.doc("Listener", "l", { "port: 8080", "protocol: HTTP", "securityModel: XFP",
   "hostBinding: {namespace: {from: ALL}}" })
 
+--- A Mapping named name on every host, prefix /name/, service name; body lines go under spec:.
+function M.mapping(name, body)
+  local lines = { 'hostname: "*"', "prefix: /" .. name .. "/", "service: " .. name }
+  for _, l in ipairs(body or {}) do
+    lines[#lines + 1] = l
+  end
+  return M.doc("Mapping", name, lines)
+end
+
+--- The model's route made from the Mapping named name (nil if none).
+function M.route(model, name)
+  for _, r in ipairs(model.routes) do
+    if r.name == name then
+      return r
+    end
+  end
+end
+
 --- The Module `ambassador` with these lines under config:.
 function M.module(lines)
   local body = { "config:" }

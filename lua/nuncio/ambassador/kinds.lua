@@ -27,16 +27,17 @@ local MODULE_DONE = check.set {
   "lua_scripts", "strip_matching_host_port", "merge_slashes", "reject_requests_with_escaped_slashes",
   "server_name", "add_linkerd_headers", "preserve_external_request_id", "defaults",
   "retry_policy", "load_balancer", "cluster_idle_timeout_ms", "listener_idle_timeout_ms",
+  "enable_http10", "enable_grpc_web", "cors",
 }
 
 -- Keys Emissary knows; later issues implement them.
 local MODULE_TODO = check.set {
-  "enable_grpc_web", "enable_grpc_http11_bridge",
-  "grpc_stats", "enable_http10", "use_remote_address", "xff_num_trusted_hops",
+  "enable_grpc_http11_bridge",
+  "grpc_stats", "use_remote_address", "xff_num_trusted_hops",
   "max_request_headers_kb", "diagnostics", "readiness_probe", "liveness_probe",
   "cluster_max_connection_lifetime_ms",
   "buffer", "buffer_limit_bytes", "regex_type", "regex_max_size", "header_case_overrides",
-  "proper_case", "default_label_domain", "default_labels", "cors",
+  "proper_case", "default_label_domain", "default_labels",
   "circuit_breakers", "keepalive", "ip_allow", "ip_deny", "gzip", "enable_ipv4",
   "enable_ipv6", "forward_client_cert_details",
   "set_current_client_cert_details", "suppress_envoy_headers", "headers_with_underscores_action",
@@ -201,12 +202,16 @@ function M.module(rep, modules)
     http.server_name = server_name
   end
   http.listener_idle_timeout_ms = cc:int("listener_idle_timeout_ms", http.listener_idle_timeout_ms, 0, check.MAX_MS)
+  http.enable_http10 = cc:bool("enable_http10", false)
+  -- Emissary checks `"enable_grpc_web" in amod`: the key's presence installs the filter, even as false.
+  http.enable_grpc_web = cc:has("enable_grpc_web")
   settings.cluster_idle_timeout_ms = cc:int("cluster_idle_timeout_ms", nil, 0, check.MAX_MS)
   http.lua_scripts = read_lua_scripts(rep, chosen, cc)
   settings.add_linkerd_headers = cc:bool("add_linkerd_headers", false)
   settings.defaults = read_defaults(rep, chosen, cc)
   settings.retry_policy = policy.read_retry_policy(cc, "retry_policy")
   settings.load_balancer = policy.read_load_balancer(cc, "load_balancer")
+  settings.cors = policy.read_cors(cc, "cors")
   cc:check_keys(MODULE_DONE, MODULE_TODO, "accepted, not implemented yet")
   return config, settings
 end
@@ -221,6 +226,8 @@ function M.default_http()
     preserve_external_request_id = false,
     server_name = "envoy", -- Emissary's default server_name
     listener_idle_timeout_ms = 3600000, -- Envoy's connection manager idle_timeout: 1 h; 0: none
+    enable_http10 = false, -- HTTP/1.0 requests get 426 unless the Module turns this on
+    enable_grpc_web = false, -- Module enable_grpc_web present: gRPC-Web requests are translated
     lua_scripts = nil,
   }
 end

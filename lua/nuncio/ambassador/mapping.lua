@@ -198,13 +198,13 @@ local HANDLED = check.set {
   "precedence", "timeout_ms", "connect_timeout_ms", "cluster_idle_timeout_ms", "ambassador_id", "generation", "tls",
   "query_parameters", "regex_query_parameters", "weight", "add_request_headers",
   "add_response_headers", "remove_request_headers", "remove_response_headers", "host_rewrite",
-  "add_linkerd_headers", "retry_policy", "load_balancer", "idle_timeout_ms",
+  "add_linkerd_headers", "retry_policy", "load_balancer", "idle_timeout_ms", "cors",
 }
 
 -- Emissary Mapping fields (v0..v3alpha1) nuncio accepts but does not act on yet.
 local TODO = check.set {
   "auto_host_rewrite", "host_redirect", "path_redirect",
-  "prefix_redirect", "regex_redirect", "redirect_response_code", "regex_rewrite", "cors",
+  "prefix_redirect", "regex_redirect", "redirect_response_code", "regex_rewrite",
   "shadow", "labels", "docs",
   "bypass_auth", "bypass_error_response_overrides", "error_response_overrides", "allow_upgrade",
   "use_websocket", "circuit_breakers", "cluster_max_connection_lifetime_ms",
@@ -434,6 +434,11 @@ function M.build(rep, res, ctx)
     load_balancer = ctx.load_balancer
   end
   local idle_timeout_ms = c:int("idle_timeout_ms", nil, 0)
+  -- cors: the Mapping's own, else the Module's (§1.12)
+  local cors = policy.read_cors(c, "cors")
+  if cors == nil and not c:has("cors") then
+    cors = ctx.cors
+  end
 
   -- weight: a share of the traffic of the Mappings with the same match (§1.8)
   local weight = c:raw("weight")
@@ -626,6 +631,7 @@ function M.build(rep, res, ctx)
     retry_policy = retry_policy,
     load_balancer = load_balancer,
     idle_timeout_ms = idle_timeout_ms,
+    cors = cors,
   }
   M.compute_weight(rec)
   return rec

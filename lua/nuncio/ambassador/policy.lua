@@ -164,4 +164,61 @@ function M.read_load_balancer(c, key)
   return out
 end
 
+-- cors (behaviour notes §1.12, Emissary's ir/ircors.py): { origins = { exact.. }, methods, headers,
+-- exposed_headers (lists joined with ", "), max_age (string), credentials (bool) }
+local CORS_KEYS = check.set { "origins", "methods", "headers", "credentials", "exposed_headers", "max_age" }
+
+-- a list of strings, or one string split on commas (v2 and Emissary accept both)
+local function cors_list(cc, key)
+  local v = cc:raw(key)
+  if v == nil then
+    return nil
+  end
+  if type(v) == "string" then
+    local out = {}
+    for word in v:gmatch("[^,]+") do
+      word = word:match("^%s*(.-)%s*$")
+      if word ~= "" then
+        out[#out + 1] = word
+      end
+    end
+    return out
+  end
+  return cc:string_list(key)
+end
+
+function M.read_cors(c, key)
+  if not c:has(key) then
+    return nil
+  end
+  local cc, present = c:sub(key)
+  if not present then
+    return nil
+  end
+  local cors = {}
+  cors.origins = cors_list(cc, "origins") or {}
+  for _, k in ipairs({ "methods", "headers", "exposed_headers" }) do
+    local l = cors_list(cc, k)
+    if l and #l > 0 then
+      cors[k] = table.concat(l, ", ")
+    end
+  end
+  local age = cc:raw("max_age")
+  if age ~= nil then
+    if type(age) == "string" and age:match("^%s*%d+%s*$") then
+      cors.max_age = age:match("%d+")
+    elseif check.is_integer(age) and age >= 0 then
+      cors.max_age = tostring(age)
+    else
+      cc:fail("max_age", "must be a number of seconds (\"86400\")")
+    end
+  end
+  cors.credentials = cc:bool("credentials", false)
+  cc:check_keys(CORS_KEYS)
+  if cc.failed then
+    return nil
+  end
+  return cors
+end
+
 return M
