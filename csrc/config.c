@@ -365,6 +365,7 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         cfg->server_name = get_str(L, lua_gettop(L), "server_name", "envoy");
         cfg->listener_idle_timeout_ms = get_int(L, lua_gettop(L), "listener_idle_timeout_ms", 3600000);
         cfg->enable_grpc_web = get_bool(L, lua_gettop(L), "enable_grpc_web");
+        cfg->enable_grpc_http11_bridge = get_bool(L, lua_gettop(L), "enable_grpc_http11_bridge");
         cfg->enable_http10 = get_bool(L, lua_gettop(L), "enable_http10");
     }
     lua_pop(L, 1);

@@ -119,6 +119,7 @@ struct nu_config {
     char *server_name;               /* the `server` response header (Module server_name) */
     int listener_idle_timeout_ms;    /* downstream connection without streams: GOAWAY after this; 0: never */
     int enable_grpc_web;             /* Module enable_grpc_web (present): translate gRPC-Web requests */
+    int enable_grpc_http11_bridge;   /* Module enable_grpc_http11_bridge (present): HTTP/1.1 gRPC clients */
     int enable_http10;               /* Module enable_http10: serve HTTP/1.0 requests (else 426) */
     int request_headers_timeout_ms;  /* preface and each header block must arrive within this; 0: no limit */
     struct nu_tls_cfg *tls_contexts; /* termination certificates */

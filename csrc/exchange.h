@@ -53,6 +53,7 @@ struct side {
     int32_t id;                 /* HTTP/2 stream id on that connection, -1 before one exists */
     uint64_t unconsumed;        /* bytes this side received and has not yet credited back */
     unsigned headers_seen : 1;  /* the message head from this side arrived */
+    unsigned http1 : 1;         /* the codec speaks HTTP/1.x (no trailers unless chunked) */
     struct side *prev, *next;   /* the codec's list of its open sides */
     struct exchange *x;
 };

@@ -1,5 +1,8 @@
 #include "grpc.h"
+#include "exchange.h"
+#include "nuncio.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -89,4 +92,24 @@ size_t grpc_message_encode(const char *src, size_t n, char *dst, size_t cap)
         }
     }
     return o;
+}
+
+int grpc_bridge_finish(struct msg *resp)
+{
+    size_t sl = 0, ml = 0;
+    const char *status = hdr_get(&resp->trailers, HDR_LIT("grpc-status"), &sl);
+    const char *message = hdr_get(&resp->trailers, HDR_LIT("grpc-message"), &ml);
+    int rc = NU_OK;
+    if (status) {
+        if (!(sl == 1 && status[0] == '0'))
+            rc |= hdr_set(&resp->hdrs, HDR_LIT(":status"), HDR_LIT("503"));
+        rc |= hdr_set(&resp->hdrs, HDR_LIT("grpc-status"), status, sl);
+    }
+    if (message)
+        rc |= hdr_set(&resp->hdrs, HDR_LIT("grpc-message"), message, ml);
+    char len[24];
+    int n = snprintf(len, sizeof len, "%zu", resp->body.bytes);
+    rc |= hdr_set(&resp->hdrs, HDR_LIT("content-length"), len, (size_t)n);
+    hdr_clear(&resp->trailers);
+    return rc ? NU_ERR_NOMEM : NU_OK;
 }

@@ -25,6 +25,12 @@ int grpc_status_from_http(int http_status);
 /* Parses a grpc-timeout value ("100m", "5S": 1-8 digits and one of H M S m u n)
  * into seconds. Returns 0, or -1 for a malformed value. */
 int grpc_parse_timeout(const char *v, size_t n, double *seconds);
+struct msg;
+/* Envoy's gRPC HTTP/1.1 bridge, once the whole response is held: grpc-status
+ * and grpc-message move from the trailers to the headers, a non-zero (or
+ * unreadable) grpc-status makes the HTTP status 503, and content-length is
+ * the body held, so a client without trailers sees the outcome. 0 or NU_ERR_NOMEM. */
+int grpc_bridge_finish(struct msg *resp);
 /* Percent-encodes a grpc-message value as the gRPC spec asks; returns the
  * length written (dst must hold 3*n bytes), never more than cap. */
 size_t grpc_message_encode(const char *src, size_t n, char *dst, size_t cap);

@@ -579,6 +579,7 @@ static void head_done(struct h1s *s)
         return;
     }
     x->down.ops = &h1s_ops;
+    x->down.http1 = 1;
     x->down.codec = s;
     x->down.id = (int32_t)(++s->nreq & 0x7fffffff);
     x->down.x = x;

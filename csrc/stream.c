@@ -182,6 +182,13 @@ static void send_response_headers(struct stream *st)
         return;
     if (st->gw && gw_response_head(st) != 0)
         return; /* a non-gRPC answer waits for its body to become grpc-message */
+    if ((st->flags & (ST_F_BRIDGE | ST_F_REPLIED | ST_F_UP_ENDED)) == ST_F_BRIDGE &&
+        !hdr_get(&st->x.resp.hdrs, HDR_LIT("grpc-status"), NULL)) {
+        /* The bridge holds everything until the trailers say how the call
+         * ended; a trailers-only answer passes at once, as in Envoy. */
+        st->flags |= ST_F_BRIDGE_HELD;
+        return;
+    }
     st->flags |= ST_F_RESP_STARTED;
     const char *server = st->w->cfg->server_name;
     if (server && hdr_set(&st->x.resp.hdrs, HDR_LIT("server"), server, strlen(server)) != NU_OK) {
@@ -772,6 +779,9 @@ static void d_on_headers(struct exchange *x)
             return;
         }
         arm_grpc_deadline(st);
+        /* HTTP/1.1 clients without trailers (Envoy's grpc_http1_bridge) */
+        if (!web && x->down.http1 && st->w->cfg->enable_grpc_http11_bridge)
+            st->flags |= ST_F_BRIDGE;
     }
     if (add_forwarding_headers(st) != NU_OK) {
         local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
@@ -974,6 +984,16 @@ static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
     }
     if (st->gw && gw_response_data(st, p, n))
         return;
+    if (st->flags & ST_F_BRIDGE_HELD) {
+        /* held whole, within the buffer limit; the upstream is credited meanwhile */
+        x->up.ops->consume(x, n);
+        if (x->resp.body.bytes + n > STREAM_BODY_BUFFER_LIMIT || chunkq_append(&x->resp.body, p, n) != NU_OK) {
+            st->flags &= ~ST_F_BRIDGE_HELD;
+            local_reply(st, 500, GRPC_RESOURCE_EXHAUSTED, "response too large for the gRPC HTTP/1.1 bridge",
+                        "grpc_bridge_buffer_overflow");
+        }
+        return;
+    }
     if (chunkq_append(&x->resp.body, p, n) != NU_OK) {
         x->up.ops->consume(x, n);
         x->up.ops->reset(x, NGHTTP2_INTERNAL_ERROR);
@@ -1011,6 +1031,14 @@ static void u_on_end(struct exchange *x)
     }
     if (st->gw && gw_response_end(st) != NU_OK)
         return;
+    if (st->flags & ST_F_BRIDGE_HELD) {
+        st->flags &= ~ST_F_BRIDGE_HELD;
+        if (grpc_bridge_finish(&x->resp) != NU_OK) {
+            x->down.ops->reset(x, NGHTTP2_INTERNAL_ERROR);
+            return;
+        }
+        send_response_headers(st);
+    }
     x->down.ops->resume(x);
 }
 

@@ -45,6 +45,8 @@ enum stream_flags {
     ST_F_NO_REPLAY = 1 << 19,    /* the request body is not kept: no (more) retries */
     ST_F_IDLE = 1 << 20,         /* the stream idle timer is armed */
     ST_F_UP_ENDED = 1 << 21,     /* the current attempt's response ended (END_STREAM) */
+    ST_F_BRIDGE = 1 << 22,       /* Module enable_grpc_http11_bridge: an HTTP/1.1 gRPC client */
+    ST_F_BRIDGE_HELD = 1 << 23,  /* the bridged response is held until its trailers */
 };
 
 struct stream {

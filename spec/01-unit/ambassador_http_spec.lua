@@ -148,14 +148,14 @@ describe("nuncio.ambassador (issue 4)", function()
       assert.same({ strip_matching_host_port = false, merge_slashes = false,
         reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
         server_name = "envoy", listener_idle_timeout_ms = 3600000, enable_http10 = false,
-        enable_grpc_web = false }, model.http)
+        enable_grpc_web = false, enable_grpc_http11_bridge = false }, model.http)
       model = ok(module({ "strip_matching_host_port: true", "merge_slashes: true",
         "reject_requests_with_escaped_slashes: true", "preserve_external_request_id: true",
         "server_name: edge-1", "listener_idle_timeout_ms: 300", "enable_http10: true" }) .. mapping("a"))
       assert.same({ strip_matching_host_port = true, merge_slashes = true,
         reject_requests_with_escaped_slashes = true, preserve_external_request_id = true,
         server_name = "edge-1", listener_idle_timeout_ms = 300, enable_http10 = true,
-        enable_grpc_web = false }, model.http)
+        enable_grpc_web = false, enable_grpc_http11_bridge = false }, model.http)
     end)
 
     it("turns gRPC-Web on when enable_grpc_web is present, even as false (as Emissary)", function()

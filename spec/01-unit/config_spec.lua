@@ -35,7 +35,7 @@ describe("nuncio.config", function()
       http = { strip_matching_host_port = false, merge_slashes = false,
         reject_requests_with_escaped_slashes = false, preserve_external_request_id = false,
         server_name = "envoy", listener_idle_timeout_ms = 3600000, enable_http10 = false,
-        enable_grpc_web = false },
+        enable_grpc_web = false, enable_grpc_http11_bridge = false },
       tls_contexts = {},
     }, model)
   end)

@@ -27,12 +27,11 @@ local MODULE_DONE = check.set {
   "lua_scripts", "strip_matching_host_port", "merge_slashes", "reject_requests_with_escaped_slashes",
   "server_name", "add_linkerd_headers", "preserve_external_request_id", "defaults",
   "retry_policy", "load_balancer", "cluster_idle_timeout_ms", "listener_idle_timeout_ms",
-  "enable_http10", "enable_grpc_web", "cors",
+  "enable_http10", "enable_grpc_web", "enable_grpc_http11_bridge", "cors",
 }
 
 -- Keys Emissary knows; later issues implement them.
 local MODULE_TODO = check.set {
-  "enable_grpc_http11_bridge",
   "grpc_stats", "use_remote_address", "xff_num_trusted_hops",
   "max_request_headers_kb", "diagnostics", "readiness_probe", "liveness_probe",
   "cluster_max_connection_lifetime_ms",
@@ -205,6 +204,7 @@ function M.module(rep, modules)
   http.enable_http10 = cc:bool("enable_http10", false)
   -- Emissary checks `"enable_grpc_web" in amod`: the key's presence installs the filter, even as false.
   http.enable_grpc_web = cc:has("enable_grpc_web")
+  http.enable_grpc_http11_bridge = cc:has("enable_grpc_http11_bridge") -- the same presence rule
   settings.cluster_idle_timeout_ms = cc:int("cluster_idle_timeout_ms", nil, 0, check.MAX_MS)
   http.lua_scripts = read_lua_scripts(rep, chosen, cc)
   settings.add_linkerd_headers = cc:bool("add_linkerd_headers", false)
@@ -228,6 +228,7 @@ function M.default_http()
     listener_idle_timeout_ms = 3600000, -- Envoy's connection manager idle_timeout: 1 h; 0: none
     enable_http10 = false, -- HTTP/1.0 requests get 426 unless the Module turns this on
     enable_grpc_web = false, -- Module enable_grpc_web present: gRPC-Web requests are translated
+    enable_grpc_http11_bridge = false, -- present: HTTP/1.1 gRPC clients get grpc-status in headers
     lua_scripts = nil,
   }
 end
