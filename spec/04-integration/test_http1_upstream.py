@@ -392,11 +392,6 @@ class Http1UpstreamTest(NuncioTestCase):
         self.assertTrue(self.up.seen("/h1/slow"), "the request should have reached the upstream")
 
     def test_http1_client_to_http1_upstream(self):
-        probe = subprocess.run(["curl", "-s", "--http1.1", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
-                                "http://127.0.0.1:%d/h1/probe" % self.proxy.port],
-                               capture_output=True, text=True, env=CLEAN_ENV)
-        if probe.stdout.strip() in ("", "000", "505"):
-            self.skipTest("nuncio does not serve HTTP/1.1 clients yet (got %r)" % probe.stdout)
         status, headers, body = self.curl("/h1/echo-h1", "-H", "x-custom: h1", http="--http1.1")
         self.assertEqual(status, 200)
         self.assertEqual(headers.get("x-up"), ["yes"])
