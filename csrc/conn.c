@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 void conn_format_addr(const struct sockaddr *sa, char *dst, size_t cap)
@@ -38,6 +39,7 @@ static void conn_free(struct worker_defer *d)
         c->h->free(c->codec);
     tls_free(c->tls);
     buf_free(&c->wbuf);
+    chunkq_clear(&c->out);
     if (c->all_prev)
         c->all_prev->all_next = c->all_next;
     else
@@ -396,10 +398,68 @@ static void on_writable(struct ev_loop *loop, ev_io *io, int revents)
     conn_flush(c);
 }
 
+void conn_queue_chunk(struct conn *c, struct chunk *ck)
+{
+    ck->gap = buf_size(&c->wbuf) - c->out_gaps;
+    c->out_gaps += ck->gap;
+    chunkq_push(&c->out, ck);
+}
+
+/* n bytes of the output went out: wbuf bytes and queued chunks in order. */
+static void out_consume(struct conn *c, size_t n)
+{
+    while (n > 0) {
+        struct chunk *ck = c->out.head;
+        if (!ck) {
+            buf_consume(&c->wbuf, n);
+            return;
+        }
+        size_t k = n < ck->gap ? n : ck->gap;
+        buf_consume(&c->wbuf, k);
+        ck->gap -= k;
+        c->out_gaps -= k;
+        n -= k;
+        if (ck->gap > 0)
+            return;
+        k = ck->len - ck->off;
+        if (k > n)
+            k = n;
+        ck->off += k;
+        c->out.bytes -= k;
+        n -= k;
+        if (ck->off == ck->len)
+            chunk_free(chunkq_take_head(&c->out));
+    }
+}
+
+#define CONN_IOV 64
+
+/* Cleartext write of the output in order, chunks in place (no copy). */
+static ssize_t out_writev(struct conn *c)
+{
+    struct iovec iov[CONN_IOV];
+    int k = 0;
+    uint8_t *p = c->wbuf.data + c->wbuf.off;
+    const struct chunk *ck = c->out.head;
+    for (; ck && k + 2 <= CONN_IOV; ck = ck->next) {
+        if (ck->gap > 0) {
+            iov[k++] = (struct iovec){.iov_base = p, .iov_len = ck->gap};
+            p += ck->gap;
+        }
+        iov[k++] = (struct iovec){.iov_base = (void *)(ck->data + ck->off), .iov_len = ck->len - ck->off};
+    }
+    size_t rest = buf_size(&c->wbuf) - c->out_gaps;
+    if (!ck && rest > 0)
+        iov[k++] = (struct iovec){.iov_base = p, .iov_len = rest};
+    if (k == 1)
+        return write(c->fd, iov[0].iov_base, iov[0].iov_len);
+    return writev(c->fd, iov, k);
+}
+
 void conn_flush(struct conn *c)
 {
     while (!c->closing) {
-        if (!c->finishing && buf_size(&c->wbuf) < CONN_WBUF_HIGH) {
+        if (!c->finishing && conn_pending(c) < CONN_WBUF_HIGH) {
             int rc = c->h->fill(c);
             if (rc < 0) {
                 conn_close(c, rc);
@@ -408,13 +468,13 @@ void conn_flush(struct conn *c)
             if (rc == 1)
                 c->finishing = 1;
         }
-        size_t pending = buf_size(&c->wbuf);
-        if (pending == 0)
+        if (conn_pending(c) == 0)
             break;
         ssize_t n;
         if (c->tls) {
+            /* TLS output is all in wbuf (h2_write_data_frame queues no chunks on it). */
             int want_write = 0;
-            n = tls_write(c->tls, c->wbuf.data + c->wbuf.off, pending, &want_write);
+            n = tls_write(c->tls, c->wbuf.data + c->wbuf.off, buf_size(&c->wbuf), &want_write);
             if (n == NU_ERR_AGAIN) {
                 ev_io_start(c->w->loop, &c->wio);
                 return;
@@ -424,10 +484,10 @@ void conn_flush(struct conn *c)
                 return;
             }
         } else {
-            n = write(c->fd, c->wbuf.data + c->wbuf.off, pending);
+            n = out_writev(c);
         }
         if (n > 0) {
-            buf_consume(&c->wbuf, (size_t)n);
+            out_consume(c, (size_t)n);
             continue;
         }
         if (n < 0 && errno == EINTR)

@@ -47,6 +47,11 @@ struct conn {
     ev_io rio, wio;
     ev_timer connect_timer;
     struct buf wbuf; /* owned: socket output not yet written */
+    /* owned: body chunks handed over whole (cleartext only), written with
+     * writev after the wbuf bytes each chunk's gap counts; wbuf bytes past the
+     * gaps go out after the last chunk. */
+    struct chunkq out;
+    size_t out_gaps; /* wbuf bytes counted in the queued chunks' gaps */
     const struct conn_handler *h;
     void *codec;
     struct conn *pending_next;
@@ -89,6 +94,14 @@ void conn_start(struct conn *c);
 /* Stop (1) or restart (0) reading: back-pressure for a codec without a
  * protocol-level window (HTTP/1), so the socket buffer holds the rest. */
 void conn_pause_read(struct conn *c, int paused);
+/* Output not yet written: wbuf plus queued chunks. */
+static inline size_t conn_pending(const struct conn *c)
+{
+    return buf_size(&c->wbuf) + c->out.bytes;
+}
+/* Queues a whole body chunk after what wbuf holds now; the conn owns it from
+ * here. Cleartext only (the caller checks c->tls): mbedTLS writes from wbuf. */
+void conn_queue_chunk(struct conn *c, struct chunk *ck);
 /* Ask for a flush at the next sweep. */
 void conn_want_write(struct conn *c);
 /* Write out what the codec has; called by the worker sweep. */

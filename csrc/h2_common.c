@@ -6,24 +6,40 @@
 
 int h2_is_hop_by_hop(const char *name, size_t n, const char *value, size_t vlen)
 {
-    static const char *const hop[] = {"connection",        "keep-alive", "proxy-connection",
-                                      "transfer-encoding", "upgrade",    "http2-settings"};
-    for (size_t i = 0; i < NU_ARRAY_LEN(hop); i++)
-        if (strlen(hop[i]) == n && memcmp(hop[i], name, n) == 0)
-            return 1;
-    /* te is allowed in HTTP/2 only as "trailers", which gRPC needs. */
-    if (n == 2 && memcmp(name, "te", 2) == 0)
-        return !(vlen == 8 && strncasecmp(value, "trailers", 8) == 0);
-    return 0;
+    /* Dispatched on length: it runs for every header of every message, and
+     * most names have a length no hop-by-hop name has. */
+    switch (n) {
+    case 2: /* te is allowed in HTTP/2 only as "trailers", which gRPC needs. */
+        return memcmp(name, "te", 2) == 0 && !(vlen == 8 && strncasecmp(value, "trailers", 8) == 0);
+    case 7:
+        return memcmp(name, "upgrade", 7) == 0;
+    case 10:
+        return memcmp(name, "connection", 10) == 0 || memcmp(name, "keep-alive", 10) == 0;
+    case 14:
+        return memcmp(name, "http2-settings", 14) == 0;
+    case 16:
+        return memcmp(name, "proxy-connection", 16) == 0;
+    case 17:
+        return memcmp(name, "transfer-encoding", 17) == 0;
+    default:
+        return 0;
+    }
 }
 
+/* NO_COPY: nghttp2 reads the strings from the map when it serializes the
+ * frame (at the next flush) instead of copying every header at submit. The
+ * maps stay put until then: a map no longer changes once handed to its codec
+ * (stream_api.c's writable(), and the stream only rebuilds a response before
+ * it started), and an exchange is freed only after nghttp2 closed its stream,
+ * when no frame of it is left to serialize (a closed stream's queued frames
+ * are dropped unread). */
 static void set_nv(nghttp2_nv *nv, const struct hdr_entry *e)
 {
     nv->name = (uint8_t *)e->name;
     nv->namelen = e->nlen;
     nv->value = (uint8_t *)e->value;
     nv->valuelen = e->vlen;
-    nv->flags = NGHTTP2_NV_FLAG_NONE;
+    nv->flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
 }
 
 size_t h2_nv_from_hdrs(const struct hdr_map *m, nghttp2_nv *nv)
@@ -39,6 +55,37 @@ size_t h2_nv_from_hdrs(const struct hdr_map *m, nghttp2_nv *nv)
         set_nv(&nv[k++], e);
     }
     return k;
+}
+
+#define H2_MOVE_MIN 4096
+
+int h2_write_data_frame(struct conn *c, const nghttp2_frame *frame, const uint8_t *framehd, struct chunkq *q,
+                        size_t length)
+{
+    struct buf *wb = &c->wbuf;
+    size_t padlen = frame->data.padlen;
+    /* Small bodies (unary gRPC) are cheaper copied than written as an iovec of their own. */
+    if (!c->tls && padlen == 0 && length >= H2_MOVE_MIN && length == chunkq_head_len(q)) {
+        if (buf_append(wb, framehd, 9) != NU_OK)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        conn_queue_chunk(c, chunkq_take_head(q));
+        return conn_pending(c) >= CONN_WBUF_HIGH ? NGHTTP2_ERR_PAUSE : 0;
+    }
+    /* Reserve the whole frame first: a frame cut short would corrupt the connection. */
+    if (q->bytes < length || buf_reserve(wb, 9 + padlen + length) != NU_OK)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    uint8_t *p = wb->data + wb->len;
+    memcpy(p, framehd, 9);
+    p += 9;
+    if (padlen > 0)
+        *p++ = (uint8_t)(padlen - 1);
+    p += chunkq_read(q, p, length);
+    if (padlen > 1) {
+        memset(p, 0, padlen - 1);
+        p += padlen - 1;
+    }
+    wb->len = (size_t)(p - wb->data);
+    return conn_pending(c) >= CONN_WBUF_HIGH ? NGHTTP2_ERR_PAUSE : 0;
 }
 
 nghttp2_option *h2_new_option(void)

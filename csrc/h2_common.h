@@ -4,6 +4,8 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include "buf.h"
+#include "conn.h"
 #include "hdr.h"
 
 /* Per-stream receive window we advertise. Bytes are acknowledged only once
@@ -18,6 +20,25 @@ size_t h2_nv_from_hdrs(const struct hdr_map *m, nghttp2_nv *nv);
 /* Options both codecs use: manual window updates (back-pressure). */
 nghttp2_option *h2_new_option(void);
 int h2_send_settings(nghttp2_session *ng, uint32_t max_streams);
+/* The DATA path without nghttp2's own copy: the data providers answer with
+ * NGHTTP2_DATA_FLAG_NO_COPY (a frame never spans chunks, see
+ * h2_data_length) and this puts the whole frame (header, any padding,
+ * `length` body bytes taken from q) on c's output: a cleartext conn gets the
+ * chunk itself, else the bytes are copied into c->wbuf. Returns 0 or
+ * NGHTTP2_ERR_PAUSE (the output reached CONN_WBUF_HIGH, so
+ * nghttp2_session_mem_send returns and the conn writes before more frames are
+ * made) for the nghttp2_send_data_callback to return;
+ * NGHTTP2_ERR_CALLBACK_FAILURE when out of memory (nothing was written then)
+ * or q holds less than length. */
+int h2_write_data_frame(struct conn *c, const nghttp2_frame *frame, const uint8_t *framehd, struct chunkq *q,
+                        size_t length);
+/* How many bytes of q the next DATA frame (at most max) carries: no more than
+ * the head chunk holds, so that a cleartext conn can take the chunk whole. */
+static inline size_t h2_data_length(const struct chunkq *q, size_t max)
+{
+    size_t n = chunkq_head_len(q);
+    return n < max ? n : max;
+}
 int h2_is_hop_by_hop(const char *name, size_t n, const char *value, size_t vlen);
 
 #endif

@@ -2,6 +2,7 @@
 #include "conn.h"
 #include "exchange.h"
 #include "h2_common.h"
+#include "h2_mem.h"
 #include "log.h"
 #include "nuncio.h"
 #include "worker.h"
@@ -30,6 +31,7 @@ struct h2c {
     unsigned counted : 1;  /* in the worker's live_upstream_conns */
     char label[96];
     char why[240]; /* what made the connection fail, for the streams' replies */
+    struct h2_mem_session mem; /* the session's allocator state (h2_mem.c); outlives the session */
 };
 
 static const struct side_ops h2c_ops;
@@ -287,10 +289,12 @@ static ssize_t read_request_body(nghttp2_session *ng, int32_t id, uint8_t *buf, 
                                  uint32_t *data_flags, nghttp2_data_source *source, void *ud)
 {
     struct exchange *x = source->ptr;
-    size_t n = chunkq_read(&x->req.body, buf, length);
+    /* NO_COPY: send_request_data moves the bytes straight from the queue to
+     * the conn's output once nghttp2 has framed them (buf is unused). */
+    size_t n = h2_data_length(&x->req.body, length);
     if (n > 0)
-        x->up_ev->on_body_taken(x, n);
-    if (x->req.body.bytes == 0 && x->req.end) {
+        *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (n == x->req.body.bytes && x->req.end) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (x->req.trailers.n > 0) {
             nghttp2_nv stackv[32];
@@ -308,6 +312,19 @@ static ssize_t read_request_body(nghttp2_session *ng, int32_t id, uint8_t *buf, 
     if (n == 0)
         return NGHTTP2_ERR_DEFERRED;
     return (ssize_t)n;
+}
+
+/* Called by nghttp2_session_mem_send right after read_request_body chose
+ * length (nothing runs in between, so the queue still holds those bytes). */
+static int send_request_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd, size_t length,
+                             nghttp2_data_source *source, void *ud)
+{
+    struct h2c *h = ud;
+    struct exchange *x = source->ptr;
+    int rv = h2_write_data_frame(h->conn, frame, framehd, &x->req.body, length);
+    if (rv != NGHTTP2_ERR_CALLBACK_FAILURE && length > 0)
+        x->up_ev->on_body_taken(x, length);
+    return rv;
 }
 
 static int submit_now(struct h2c *h, struct exchange *x)
@@ -427,7 +444,7 @@ static int h2c_on_read(struct conn *c, const uint8_t *p, size_t n)
 static int h2c_fill(struct conn *c)
 {
     struct h2c *h = c->codec;
-    while (buf_size(&c->wbuf) < CONN_WBUF_HIGH) {
+    while (conn_pending(c) < CONN_WBUF_HIGH) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(h->ng, &data);
         if (n < 0)
@@ -550,8 +567,9 @@ struct h2c *h2c_connect(struct worker *w, const struct sockaddr *sa, socklen_t s
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk_recv);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_request_data);
     nghttp2_option *opt = h2_new_option();
-    int rv = opt ? nghttp2_session_client_new2(&h->ng, cb, h, opt) : NGHTTP2_ERR_NOMEM;
+    int rv = opt ? nghttp2_session_client_new3(&h->ng, cb, h, opt, h2_mem_session(&h->mem, w)) : NGHTTP2_ERR_NOMEM;
     nghttp2_session_callbacks_del(cb);
     if (opt)
         nghttp2_option_del(opt);

@@ -8,6 +8,9 @@ static int name_eq(const struct hdr_entry *e, const char *name, size_t nlen)
 {
     if (e->nlen != nlen)
         return 0;
+    /* Stored names are lower case and callers mostly ask in lower case. */
+    if (memcmp(e->name, name, nlen) == 0)
+        return 1;
     for (size_t i = 0; i < nlen; i++) {
         unsigned char c = (unsigned char)name[i];
         if (c >= 'A' && c <= 'Z')
@@ -18,43 +21,172 @@ static int name_eq(const struct hdr_entry *e, const char *name, size_t nlen)
     return 1;
 }
 
-static int entry_fill(struct hdr_entry *e, const char *name, size_t nlen, const char *value, size_t vlen)
+/* Copies n bytes, folding A-Z to lower case, eight bytes at a time: this runs
+ * for every header name of every message. A byte is upper case when, with its
+ * top bit cleared, adding 0x80-'A' sets the top bit and adding 0x80-'Z'-1 does
+ * not, and its own top bit was clear; no addition carries across bytes. */
+static void fold_copy(char *dst, const char *src, size_t n)
+{
+    const uint64_t high = 0x8080808080808080ull, low7 = 0x7f7f7f7f7f7f7f7full;
+    const uint64_t ge_a = 0x0101010101010101ull * (0x80 - 'A');
+    const uint64_t gt_z = 0x0101010101010101ull * (0x80 - 'Z' - 1);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, src + i, 8);
+        uint64_t m = x & low7;
+        uint64_t upper = (m + ge_a) & ~(m + gt_z) & ~x & high;
+        x |= upper >> 2; /* 0x80 >> 2 = 0x20: 'A' -> 'a' */
+        memcpy(dst + i, &x, 8);
+    }
+    for (; i < n; i++) {
+        char c = src[i];
+        dst[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+}
+
+/* First block: room for a typical gRPC request's headers (a dozen, ~300
+ * bytes) in one allocation small enough for malloc's per-thread cache. */
+#define HDR_FIRST_ENTRIES 16
+#define HDR_FIRST_STR 640
+
+#define HDR_FIRST_BYTES (HDR_FIRST_ENTRIES * sizeof(struct hdr_entry) + HDR_FIRST_STR)
+
+/* First-size blocks of cleared maps, kept for the next message: every
+ * request takes three (request, response, trailers) and, with many streams
+ * in flight, malloc's own per-thread cache (seven per size) runs dry. One
+ * cache per thread: maps never move between workers. AddressSanitizer builds
+ * skip it so that a use after hdr_clear is still caught. */
+#if !defined(__SANITIZE_ADDRESS__)
+#define HDR_CACHE 64
+static _Thread_local struct {
+    void *blocks[HDR_CACHE]; /* owned by the cache until handed to a map */
+    unsigned n;
+} hdr_cache;
+#endif
+
+static void *block_get(size_t size)
+{
+#ifdef HDR_CACHE
+    if (size == HDR_FIRST_BYTES && hdr_cache.n)
+        return hdr_cache.blocks[--hdr_cache.n];
+#endif
+    return malloc(size);
+}
+
+static void block_put(struct hdr_map *m)
+{
+#ifdef HDR_CACHE
+    if (m->v && m->cap == HDR_FIRST_ENTRIES && m->str_cap == HDR_FIRST_STR && hdr_cache.n < HDR_CACHE) {
+        hdr_cache.blocks[hdr_cache.n++] = m->v;
+        return;
+    }
+#endif
+    free(m->v);
+}
+
+/* Strings of live entries only: what a regrown block must hold. */
+static size_t live_str(const struct hdr_map *m)
+{
+    return m->bytes + 2 * (size_t)m->n;
+}
+
+/* Makes room for one more entry of need string bytes: a new block with the
+ * live strings packed at its start (dead bytes are dropped here). */
+static int grow(struct hdr_map *m, size_t need)
+{
+    uint32_t cap = m->cap ? m->cap : HDR_FIRST_ENTRIES;
+    if (m->n == cap) {
+        if (cap > UINT32_MAX / 2)
+            return NU_ERR_LIMIT;
+        cap *= 2;
+    }
+    size_t want = live_str(m) + need;
+    size_t scap = m->str_cap ? m->str_cap : HDR_FIRST_STR;
+    while (scap < 2 * want && scap < want + 64 * 1024)
+        scap *= 2;
+    if (scap < want)
+        scap = want;
+    struct hdr_entry *v = block_get(cap * sizeof *v + scap);
+    if (!v)
+        return NU_ERR_NOMEM;
+    char *str = (char *)(v + cap);
+    size_t len = 0;
+    for (uint32_t i = 0; i < m->n; i++) {
+        const struct hdr_entry *e = &m->v[i];
+        size_t k = (size_t)e->nlen + e->vlen + 2; /* name\0value\0 are adjacent */
+        memcpy(str + len, e->name, k);
+        v[i].name = str + len;
+        v[i].value = str + len + e->nlen + 1;
+        v[i].nlen = e->nlen;
+        v[i].vlen = e->vlen;
+        len += k;
+    }
+    block_put(m);
+    m->v = v;
+    m->cap = cap;
+    m->str = str;
+    m->str_len = len;
+    m->str_cap = scap;
+    return NU_OK;
+}
+
+/* Copies name (folded to lower case) and value into the block. Either may
+ * point into this very map (a value read from it), which a regrow would
+ * free: such input is copied aside first. */
+static int entry_fill(struct hdr_map *m, struct hdr_entry *out, const char *name, size_t nlen, const char *value,
+                      size_t vlen)
 {
     if (nlen > UINT32_MAX / 2 || vlen > UINT32_MAX / 2)
         return NU_ERR_LIMIT;
-    char *p = malloc(nlen + vlen + 2);
-    if (!p)
-        return NU_ERR_NOMEM;
-    for (size_t i = 0; i < nlen; i++) {
-        char c = name[i];
-        p[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    size_t need = nlen + vlen + 2;
+    char *aside = NULL; /* owned here: copy of input that lived in the old block */
+    if (m->str_cap - m->str_len < need || (out == NULL && m->n == m->cap)) {
+        uintptr_t lo = (uintptr_t)m->v, hi = lo + m->cap * sizeof *m->v + m->str_cap;
+        int inside = m->v && (((uintptr_t)name >= lo && (uintptr_t)name < hi) ||
+                              ((uintptr_t)value >= lo && (uintptr_t)value < hi));
+        if (inside) {
+            aside = malloc(need);
+            if (!aside)
+                return NU_ERR_NOMEM;
+            memcpy(aside, name, nlen);
+            memcpy(aside + nlen + 1, value, vlen);
+            name = aside;
+            value = aside + nlen + 1;
+        }
+        /* out points into the old block when replacing: find it again after. */
+        ptrdiff_t at = out ? out - m->v : -1;
+        int rc = grow(m, need);
+        if (rc != NU_OK) {
+            free(aside);
+            return rc;
+        }
+        if (out)
+            out = m->v + at;
     }
+    char *p = m->str + m->str_len;
+    fold_copy(p, name, nlen);
     p[nlen] = '\0';
     memcpy(p + nlen + 1, value, vlen);
     p[nlen + 1 + vlen] = '\0';
-    e->name = p;
-    e->value = p + nlen + 1;
-    e->nlen = (uint32_t)nlen;
-    e->vlen = (uint32_t)vlen;
+    if (aside)
+        free(aside);
+    m->str_len += need;
+    if (!out)
+        out = &m->v[m->n++];
+    else
+        m->bytes -= out->nlen + out->vlen; /* the replaced strings become dead bytes */
+    out->name = p;
+    out->value = p + nlen + 1;
+    out->nlen = (uint32_t)nlen;
+    out->vlen = (uint32_t)vlen;
+    m->bytes += nlen + vlen;
     return NU_OK;
 }
 
 int hdr_add(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    if (m->n == m->cap) {
-        uint32_t cap = m->cap ? m->cap * 2 : 16;
-        struct hdr_entry *v = realloc(m->v, cap * sizeof *v);
-        if (!v)
-            return NU_ERR_NOMEM;
-        m->v = v;
-        m->cap = cap;
-    }
-    int rc = entry_fill(&m->v[m->n], name, nlen, value, vlen);
-    if (rc)
-        return rc;
-    m->n++;
-    m->bytes += nlen + vlen;
-    return NU_OK;
+    return entry_fill(m, NULL, name, nlen, value, vlen);
 }
 
 int hdr_find(const struct hdr_map *m, const char *name, size_t nlen, int k)
@@ -85,8 +217,7 @@ const char *hdr_get(const struct hdr_map *m, const char *name, size_t nlen, size
 
 static void remove_at(struct hdr_map *m, uint32_t i)
 {
-    m->bytes -= m->v[i].nlen + m->v[i].vlen;
-    free(m->v[i].name);
+    m->bytes -= m->v[i].nlen + m->v[i].vlen; /* its strings stay as dead bytes until a regrow */
     memmove(&m->v[i], &m->v[i + 1], (m->n - i - 1) * sizeof m->v[0]);
     m->n--;
 }
@@ -110,16 +241,13 @@ int hdr_set(struct hdr_map *m, const char *name, size_t nlen, const char *value,
     int first = hdr_find(m, name, nlen, 0);
     if (first < 0)
         return hdr_add(m, name, nlen, value, vlen);
-    struct hdr_entry e;
-    int rc = entry_fill(&e, name, nlen, value, vlen);
+    int rc = entry_fill(m, &m->v[first], name, nlen, value, vlen);
     if (rc)
         return rc;
-    m->bytes -= m->v[first].nlen + m->v[first].vlen;
-    free(m->v[first].name);
-    m->v[first] = e;
-    m->bytes += nlen + vlen;
+    /* name may have pointed into the block entry_fill regrew: match the copy. */
+    const char *kept = m->v[first].name;
     for (uint32_t i = (uint32_t)first + 1; i < m->n;) {
-        if (name_eq(&m->v[i], name, nlen))
+        if (name_eq(&m->v[i], kept, nlen))
             remove_at(m, i);
         else
             i++;
@@ -129,8 +257,6 @@ int hdr_set(struct hdr_map *m, const char *name, size_t nlen, const char *value,
 
 void hdr_clear(struct hdr_map *m)
 {
-    for (uint32_t i = 0; i < m->n; i++)
-        free(m->v[i].name);
-    free(m->v);
+    block_put(m);
     memset(m, 0, sizeof *m);
 }

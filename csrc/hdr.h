@@ -10,15 +10,21 @@
 #include <stdint.h>
 
 struct hdr_entry {
-    char *name; /* NUL-terminated; value follows in the same allocation */
+    char *name; /* NUL-terminated, in the map's block; the value follows it */
     char *value;
     uint32_t nlen, vlen;
 };
 
+/* One allocation per map holds the entries and, after them, the strings they
+ * point to: a request's dozen headers cost one malloc rather than one each.
+ * Removed or replaced strings stay in the block as dead bytes until it grows,
+ * when only live strings are copied over. */
 struct hdr_map {
-    struct hdr_entry *v;
-    uint32_t n, cap;
-    size_t bytes; /* sum of name and value lengths, for limits */
+    struct hdr_entry *v; /* the block (owned); NULL while empty */
+    uint32_t n, cap;     /* entries in use / room for */
+    size_t bytes;        /* sum of name and value lengths, for limits */
+    char *str;           /* string area: inside the block, after v[cap] */
+    size_t str_len, str_cap;
 };
 
 int hdr_add(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen);
@@ -29,7 +35,8 @@ int hdr_remove(struct hdr_map *m, const char *name, size_t nlen);
 /* The index of the k-th (0-based) entry named name, or -1. Case-insensitive. */
 int hdr_find(const struct hdr_map *m, const char *name, size_t nlen, int k);
 int hdr_count(const struct hdr_map *m, const char *name, size_t nlen);
-/* The first value of name (borrowed: valid until the map changes), or NULL. */
+/* The first value of name (borrowed: valid until the map changes: any add or
+ * set may move every string), or NULL. */
 const char *hdr_get(const struct hdr_map *m, const char *name, size_t nlen, size_t *vlen);
 void hdr_clear(struct hdr_map *m);
 

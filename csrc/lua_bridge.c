@@ -35,6 +35,54 @@ static int append_dir(luaL_Buffer *b, const char *dir)
     return 0;
 }
 
+/* Per-VM state of the request path, kept in a userdata the registry anchors
+ * (at the address of VM_KEY) so every VM, one per worker, has its own. */
+#define LB_POOL_MAX 64 /* idle phase coroutines kept; more only while many wait */
+struct lb_vm {
+    lua_State *L;
+    int phase_ref[LB_PHASE_COUNT]; /* registry refs of the runtime's phase functions */
+    int n_idle;
+    lua_State *idle[LB_POOL_MAX]; /* finished coroutines, ready for another phase */
+    int idle_ref[LB_POOL_MAX];    /* their registry refs (what keeps them alive) */
+};
+static const char VM_KEY = 0;
+
+/* The last VM looked up, per thread: the registry lookup costs a hash probe
+ * per phase otherwise. */
+static _Thread_local struct lb_vm *last_vm;
+
+static struct lb_vm *vm_of(lua_State *L)
+{
+    struct lb_vm *vm = last_vm;
+    if (vm && vm->L == L)
+        return vm;
+    lua_pushlightuserdata(L, (void *)&VM_KEY);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    vm = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    last_vm = vm;
+    return vm;
+}
+
+/* Under lua_cpcall: allocations may raise. */
+static int vm_create(lua_State *L)
+{
+    struct lb_vm *vm = lua_newuserdata(L, sizeof *vm);
+    memset(vm, 0, sizeof *vm);
+    vm->L = L;
+    lua_pushlightuserdata(L, (void *)&VM_KEY);
+    lua_insert(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    for (int p = 0; p < LB_PHASE_COUNT; p++) {
+        lua_getfield(L, -1, phase_fn[p]);
+        if (!lua_isfunction(L, -1))
+            return luaL_error(L, "nuncio.runtime has no %s function", phase_fn[p]);
+        vm->phase_ref[p] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 0;
+}
+
 struct lua_State *lua_bridge_new(const struct lua_bridge_opts *o)
 {
     lua_State *L = luaL_newstate();
@@ -82,6 +130,11 @@ struct lua_State *lua_bridge_new(const struct lua_bridge_opts *o)
         return NULL;
     }
     lua_setfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    if (lua_cpcall(L, vm_create, NULL) != 0) {
+        nu_log(NU_LOG_ERROR, "cannot set up the Lua runtime: %s", lua_tostring(L, -1));
+        lua_close(L);
+        return NULL;
+    }
     return L;
 }
 
@@ -191,60 +244,154 @@ static int phase_result(struct stream *st, lua_State *co, int rc, int base)
     return result;
 }
 
+struct new_co {
+    lua_State *co;
+    int ref;
+};
+
+/* Under lua_cpcall: lua_newthread and luaL_ref raise when out of memory. */
+static int new_coroutine(lua_State *L)
+{
+    struct new_co *nc = lua_touserdata(L, 1);
+    nc->co = lua_newthread(L);
+    nc->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops it */
+    return 0;
+}
+
+/* A coroutine for one phase run: an idle one from the pool, else a new one
+ * anchored by a registry ref. NULL (and *ref 0) when out of memory. */
+static lua_State *take_coroutine(struct lb_vm *vm, int *ref)
+{
+    if (vm->n_idle > 0) {
+        vm->n_idle--;
+        *ref = vm->idle_ref[vm->n_idle];
+        return vm->idle[vm->n_idle];
+    }
+    struct new_co nc = {NULL, 0};
+    if (lua_cpcall(vm->L, new_coroutine, &nc) != 0) {
+        lua_pop(vm->L, 1); /* the error: out of memory */
+        return NULL;
+    }
+    *ref = nc.ref;
+    return nc.co;
+}
+
+/* A coroutine whose function returned can run the next phase (lua_resume
+ * starts whatever function sits on its empty stack); one that raised is dead
+ * and one that yielded is still inside a filter: those are dropped. */
+static void put_coroutine(struct lb_vm *vm, lua_State *co, int ref, int rc)
+{
+    if (rc == 0 && vm->n_idle < LB_POOL_MAX) {
+        lua_settop(co, 0);
+        vm->idle[vm->n_idle] = co;
+        vm->idle_ref[vm->n_idle] = ref;
+        vm->n_idle++;
+        return;
+    }
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
+}
+
+/* Tells the runtime a phase of st will not go on (it waited and is dropped,
+ * or it raised): runtime.abandon lets go of the stream's Lua object when no
+ * later phase would. Runs on the main thread, never inside a phase. */
+static void abandon(lua_State *L, struct stream *st)
+{
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    lua_getfield(L, -1, "abandon");
+    if (lua_isfunction(L, -1)) {
+        lua_pushlightuserdata(L, st);
+        if (lua_pcall(L, 1, 0, 0) != 0)
+            nu_log(NU_LOG_ERROR, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id,
+                   lua_tostring(L, -1) ? lua_tostring(L, -1) : "runtime.abandon failed");
+    }
+    lua_settop(L, top);
+}
+
 int lua_bridge_run(struct worker *w, struct stream *st, int phase)
 {
     lua_State *L = w->L;
-    int top = lua_gettop(L);
-    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
-    lua_getfield(L, -1, phase_fn[phase]);
+    struct lb_vm *vm = vm_of(L);
     int result;
     if (phase == LB_PHASE_LOG) {
         /* The log phase never waits, so it skips the coroutine. */
+        int top = lua_gettop(L);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->phase_ref[phase]);
         lua_pushlightuserdata(L, st);
         int rc = lua_pcall(L, 1, 2, 0);
-        result = phase_result(st, L, rc, top + 1);
-    } else {
-        /* One coroutine per phase run, so a filter can wait without blocking the loop. */
-        lua_State *co = lua_newthread(L);
-        lua_pushvalue(L, -2);
-        lua_xmove(L, co, 1);
-        lua_pushlightuserdata(co, st);
-        int rc = lua_resume(co, 1);
-        result = phase_result(st, co, rc, 0);
-        if (result == LB_YIELDED)
-            st->co_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* keeps the coroutine alive (pops it) */
+        result = phase_result(st, L, rc, top);
+        lua_settop(L, top);
+        return result;
     }
-    lua_settop(L, top);
+    /* A pooled coroutine per phase run, so a filter can wait without blocking
+     * the loop; creating one per run cost more than the filters themselves. */
+    int ref;
+    lua_State *co = take_coroutine(vm, &ref);
+    if (!co) {
+        nu_log(NU_LOG_ERROR, "[c%llu s%llu] out of memory starting a filter phase", (unsigned long long)st->conn_id,
+               (unsigned long long)st->id);
+        return NU_ERR_LUA;
+    }
+    lua_rawgeti(co, LUA_REGISTRYINDEX, vm->phase_ref[phase]);
+    lua_pushlightuserdata(co, st);
+    int rc = lua_resume(co, 1);
+    result = phase_result(st, co, rc, 0);
+    if (result == LB_YIELDED)
+        st->co_ref = ref; /* keeps the coroutine alive until resumed or released */
+    else
+        put_coroutine(vm, co, ref, rc);
+    if (rc != 0 && rc != LUA_YIELD)
+        abandon(L, st); /* raised past the chain */
     return result;
 }
 
 int lua_bridge_resume(struct worker *w, struct stream *st)
 {
     lua_State *L = w->L;
+    int ref = st->co_ref;
+    if (!ref)
+        return NU_ERR_LUA;
     int top = lua_gettop(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, st->co_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref); /* stays on L's stack while it runs */
     lua_State *co = lua_tothread(L, -1);
     int result = NU_ERR_LUA;
+    int rc = LUA_ERRRUN;
+    /* Not waiting while it runs: a release from inside the phase must neither
+     * drop the running coroutine nor call into Lua again. */
+    st->co_ref = 0;
     if (co) {
-        int rc = lua_resume(co, 0);
+        rc = lua_resume(co, 0);
         result = phase_result(st, co, rc, 0);
     }
-    if (result != LB_YIELDED)
-        lua_bridge_release(w, st);
+    if (result == LB_YIELDED)
+        st->co_ref = ref;
+    else if (co)
+        put_coroutine(vm_of(L), co, ref, rc);
+    else
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
     lua_settop(L, top);
+    if (rc != 0 && rc != LUA_YIELD)
+        abandon(L, st); /* raised past the chain */
     return result;
 }
 
+/* The exchange will not resume its waiting phase: tell the runtime, then drop
+ * the coroutine. */
 void lua_bridge_release(struct worker *w, struct stream *st)
 {
-    if (st->co_ref) {
-        luaL_unref(w->L, LUA_REGISTRYINDEX, st->co_ref);
-        st->co_ref = 0;
-    }
+    if (!st->co_ref)
+        return;
+    lua_State *L = w->L;
+    abandon(L, st);
+    luaL_unref(L, LUA_REGISTRYINDEX, st->co_ref);
+    st->co_ref = 0;
 }
 
 void lua_bridge_close(struct lua_State *L)
 {
-    if (L)
-        lua_close(L);
+    if (!L)
+        return;
+    if (last_vm && last_vm->L == L)
+        last_vm = NULL; /* a later VM may get this address */
+    lua_close(L);
 }

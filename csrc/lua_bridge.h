@@ -1,5 +1,6 @@
 /* The per-worker Lua VM: loads the bundled runtime, runs filter phases in
- * coroutines, reports filter errors. C enters Lua only here. */
+ * coroutines (pooled: a finished one runs the next phase), reports filter
+ * errors. C enters Lua only here. */
 #ifndef NUNCIO_LUA_BRIDGE_H
 #define NUNCIO_LUA_BRIDGE_H
 
@@ -43,7 +44,9 @@ int lua_bridge_run(struct worker *w, struct stream *st, int phase);
 void lua_bridge_attach(struct worker *w, struct lua_State *L);
 /* Continues the phase whose coroutine yielded; same results as lua_bridge_run. */
 int lua_bridge_resume(struct worker *w, struct stream *st);
-/* Drops a yielded coroutine that will never be resumed (the exchange ended). */
+/* Drops a yielded coroutine that will never be resumed (the exchange ended,
+ * or the body it waits for will not come); runtime.abandon lets go of the
+ * stream's Lua object when no later phase would. Calls into Lua. */
 void lua_bridge_release(struct worker *w, struct stream *st);
 /* Does any filter in the chain act in this phase? (Skips empty phases.) */
 int lua_bridge_wants(struct worker *w, int phase);

@@ -77,7 +77,7 @@ void stream_free(struct stream *st)
         ev_timer_stop(st->w->loop, &st->try_timer);
     if (st->flags & ST_F_IDLE)
         ev_timer_stop(st->w->loop, &st->idle);
-    chunkq_clear(&st->replay);
+    buf_free(&st->replay);
     hdr_clear(&st->x.req.hdrs);
     hdr_clear(&st->x.req.trailers);
     hdr_clear(&st->x.resp.hdrs);
@@ -334,7 +334,7 @@ static void finish(struct stream *st)
     if (st->flags & ST_F_LOGGED)
         return;
     stop_timer(st);
-    chunkq_clear(&st->replay);
+    buf_free(&st->replay);
     lua_bridge_release(st->w, st); /* a filter still waiting for a body will not be resumed */
     log_line(st, st->details);
     if (lua_bridge_wants(st->w, LB_PHASE_LOG))
@@ -356,7 +356,8 @@ struct exchange *stream_open(void *worker, struct conn *c)
     st->id = ++w->next_stream_id;
     st->conn_id = c->id;
     st->local_port = c->local_port;
-    snprintf(st->peer, sizeof st->peer, "%s", c->peer);
+    _Static_assert(sizeof st->peer == sizeof c->peer, "peer buffers must match");
+    memcpy(st->peer, c->peer, sizeof st->peer); /* NUL-terminated within it: conn_format_addr */
     if (c->secure)
         st->flags |= ST_F_SECURE;
     if (c->tls)
@@ -391,8 +392,8 @@ struct stream *stream_new_test(int grpc)
 static int add_forwarding_headers(struct stream *st)
 {
     struct hdr_map *h = &st->x.req.hdrs;
-    char ip[64];
-    snprintf(ip, sizeof ip, "%s", st->peer);
+    char ip[sizeof st->peer];
+    memcpy(ip, st->peer, sizeof ip);
     char *colon = strrchr(ip, ':');
     if (colon)
         *colon = '\0';
@@ -573,24 +574,43 @@ static size_t replay_limit(const struct stream *st)
     return p->retry_on && p->num_retries > 0 ? STREAM_BODY_BUFFER_LIMIT : STREAM_REPLAY_SMALL;
 }
 
-/* Keeps request body bytes for another attempt, while they fit. */
-static int keep_replay(struct stream *st, const uint8_t *p, size_t n)
+/* Appends to the replay, grown to fit (at least doubling) rather than by
+ * buf_append's 4 KiB steps: most bodies here are one small gRPC message. */
+static int replay_append(struct stream *st, const uint8_t *p, size_t n)
 {
-    if (st->flags & ST_F_NO_REPLAY)
-        return NU_ERR_LIMIT;
-    if (st->replay.bytes + n > replay_limit(st) || chunkq_append(&st->replay, p, n) != NU_OK) {
-        chunkq_clear(&st->replay);
-        st->flags |= ST_F_NO_REPLAY;
-        return NU_ERR_LIMIT;
+    struct buf *b = &st->replay;
+    if (b->cap - b->len < n) {
+        size_t cap = b->cap ? 2 * b->cap : 64;
+        if (cap < b->len + n)
+            cap = b->len + n;
+        uint8_t *d = realloc(b->data, cap);
+        if (!d)
+            return NU_ERR_NOMEM;
+        b->data = d;
+        b->cap = cap;
     }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
     return NU_OK;
 }
 
 /* The client saw a response: no attempt follows, the kept body can go. */
 static void drop_replay(struct stream *st)
 {
-    chunkq_clear(&st->replay);
+    buf_free(&st->replay);
     st->flags |= ST_F_NO_REPLAY;
+}
+
+/* Keeps request body bytes for another attempt, while they fit. */
+static int keep_replay(struct stream *st, const uint8_t *p, size_t n)
+{
+    if (st->flags & ST_F_NO_REPLAY)
+        return NU_ERR_LIMIT;
+    if (buf_size(&st->replay) + n > replay_limit(st) || replay_append(st, p, n) != NU_OK) {
+        drop_replay(st);
+        return NU_ERR_LIMIT;
+    }
+    return NU_OK;
 }
 
 /* Can another attempt be made? transparent: a refused stream, which the
@@ -668,7 +688,9 @@ static int reset_for_attempt(struct stream *st)
     st->attempt_taken = 0;
     if (st->gw)
         grpc_web_reset_response(st->gw);
-    return chunkq_append_q(&x->req.body, &st->replay);
+    if (buf_size(&st->replay) == 0)
+        return NU_OK;
+    return chunkq_append(&x->req.body, st->replay.data + st->replay.off, buf_size(&st->replay));
 }
 
 static void start_attempt(struct stream *st)
@@ -729,8 +751,13 @@ static void start_upstream(struct stream *st)
 {
     st->flags |= ST_F_PROXYING;
     /* Whatever body a filter already held is the replay's start. */
-    if (st->x.req.body.bytes > replay_limit(st) || chunkq_append_q(&st->replay, &st->x.req.body) != NU_OK)
+    if (st->x.req.body.bytes > replay_limit(st)) {
         drop_replay(st);
+    } else {
+        for (const struct chunk *c = st->x.req.body.head; c; c = c->next)
+            if (keep_replay(st, c->data + c->off, c->len - c->off) != NU_OK)
+                break; /* dropped, and marked so */
+    }
     int idle_ms = policy_of(st)->idle_timeout_ms;
     if (idle_ms > 0) {
         st->last_active = ev_now(st->w->loop);

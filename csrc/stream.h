@@ -73,7 +73,9 @@ struct stream {
     int attempts;                    /* attempts started */
     struct upstream_endpoint *ep;    /* the current attempt's endpoint (NULL: none) */
     const struct upstream_endpoint *last_ep; /* the previous attempt's, for the balancer to avoid */
-    struct chunkq replay;            /* the request body as received, for another attempt; owned here */
+    struct buf replay;               /* the request body as received, for another attempt; owned here.
+                                      * Contiguous and sized to the body: a unary call's few bytes
+                                      * cost a small malloc, not a 16 KiB chunk */
     uint64_t req_credited;           /* request body bytes credited back to the client */
     uint64_t attempt_taken;          /* request body bytes the current attempt's codec took */
     ev_timer try_timer;              /* per-try timeout, then the backoff before the next attempt */

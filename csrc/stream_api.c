@@ -66,6 +66,21 @@ int nu_ffi_hdr_get(struct stream *st, int which, const char *name, size_t nlen, 
     return NU_FFI_OK;
 }
 
+/* The first value and how many there are, in one call: Envoy's get() joins
+ * repeated values, and a second FFI call per get() cost more than the scan. */
+int nu_ffi_hdr_get_n(struct stream *st, int which, const char *name, size_t nlen, const char **value, size_t *vlen)
+{
+    struct hdr_map *m = map_of(st, which);
+    if (!m)
+        return NU_FFI_ERROR;
+    int i = hdr_find(m, name, nlen, 0);
+    if (i < 0)
+        return 0;
+    *value = m->v[i].value;
+    *vlen = m->v[i].vlen;
+    return hdr_count(m, name, nlen);
+}
+
 int nu_ffi_hdr_at(struct stream *st, int which, int i, const char **name, size_t *nlen, const char **value, size_t *vlen)
 {
     struct hdr_map *m = map_of(st, which);
@@ -120,6 +135,12 @@ int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out)
     out->local_port = st->local_port;
     memcpy(out->peer, st->peer, sizeof out->peer);
     return NU_FFI_OK;
+}
+
+/* NU_FFI flag bits (lua/nuncio/ffi.lua FLAG_*): 1 gRPC request, 2 secure. */
+int nu_ffi_stream_flags(struct stream *st)
+{
+    return ((st->flags & ST_F_GRPC) ? 1 : 0) | ((st->flags & ST_F_SECURE) ? 2 : 0);
 }
 
 int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy)

@@ -3,6 +3,7 @@
 #include "config.h"
 #include "conn.h"
 #include "h1s.h"
+#include "h2_mem.h"
 #include "h2s.h"
 #include "listener.h"
 #include "stream.h"
@@ -89,6 +90,7 @@ void worker_destroy(struct worker *w)
     worker_sweep(w);
     ev_ref(w->loop);
     ev_prepare_stop(w->loop, &w->sweep);
+    h2_mem_free(w);
 }
 
 /* What a data listener hands each of its connections. */

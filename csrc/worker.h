@@ -13,6 +13,7 @@ struct upstream_set;
 struct listener;
 struct nu_config;
 struct front;
+struct h2_mem_pool;
 
 /* Objects freed from the loop's prepare sweep, never inside a library callback. */
 struct worker_defer {
@@ -38,6 +39,7 @@ struct worker {
     uint64_t live_upstream_conns; /* h2c connections not yet closed (part of live_conns) */
     int ready; /* listeners are bound and Lua is loaded */
     unsigned char lua_wants[4]; /* per lb_phase: does any filter run in it */
+    struct h2_mem_pool *h2_mem; /* owned: nghttp2's big session buffers (h2_mem.c); NULL until first used */
 };
 
 int worker_init(struct worker *w, struct ev_loop *loop, const struct nu_config *cfg);

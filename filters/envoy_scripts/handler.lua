@@ -67,7 +67,8 @@ local function pack(...) return { n = select("#", ...), ... } end
 -- instruction budget
 
 -- LuaJIT keeps one hook for the whole VM, not one per coroutine: it is set
--- only while a script's coroutine runs, and `current` is that call's budget.
+-- only while a script's coroutine runs, and `current` is that call's budget
+-- ({ limit, used, err }: the call's envoy run, or the top level's table).
 local current
 
 local function hook()
@@ -85,20 +86,38 @@ local function hook()
   end
 end
 
--- coroutine.resume under a budget = { limit, used }.
-local function budgeted_resume(budget)
-  if budget.limit <= 0 then return co_resume end
-  return function(co, ...)
-    local oh, om, oc = gethook()
-    local outer = current
-    current = budget
-    sethook(co, hook, "", GRAIN)
-    local r = pack(co_resume(co, ...))
+-- The hook is set once and stays set: setting or clearing a hook aborts any
+-- trace LuaJIT is recording and (on/off) rewrites its dispatch table, which
+-- cost more than a small script itself. Outside a script's call `current`
+-- is nil and the hook returns at once; it runs once per GRAIN interpreted
+-- bytecodes (compiled code never calls it), so the rest of the proxy pays a
+-- counter decrement per interpreted bytecode and a call per thousand. The
+-- first grain of a call may be partly used up before it: a budget ends at
+-- most GRAIN instructions early. Another hook already set (a coverage tool
+-- under busted) is put back after each call instead, as a hook of its own
+-- would be lost.
+local function unhook(co, outer, oh, om, oc, ...)
+  current = outer
+  if oh ~= nil and oh ~= hook then
     sethook(co)
-    current = outer
-    if oh then sethook(oh, om, oc) end
-    return unpack(r, 1, r.n)
+    sethook(oh, om, oc)
   end
+  return ...
+end
+
+-- coroutine.resume(co, ...) under budget (a table with limit > 0 and used),
+-- restoring whatever hook and budget were there before. No closure or
+-- packing per call: it runs for every script call.
+local function budgeted_resume(budget, co, ...)
+  local oh, om, oc = gethook()
+  local outer = current
+  current = budget
+  if oh ~= hook then sethook(co, hook, "", GRAIN) end
+  return unhook(co, outer, oh, om, oc, co_resume(co, ...))
+end
+
+local function unbudgeted_resume(_, co, ...)
+  return co_resume(co, ...)
 end
 
 -- After the budget is used up, a script cannot catch that error and go on.
@@ -222,7 +241,7 @@ local function script_error(inst, s, fname, where, err, tb)
 end
 
 local function run_phase(inst, s, dir, fn, fname)
-  local run = envoy.new_run(s, dir, { resume = budgeted_resume({ limit = inst.limit, used = 0 }) })
+  local run = envoy.new_run(s, dir, inst.run_opts, inst.limit) -- the run holds the call's budget
   local st, err, tb = envoy.start(run, fn)
   if st == "failed" then
     script_error(inst, s, fname, dir, err, tb)
@@ -255,7 +274,12 @@ function M.new(config)
 
   -- The top level runs once, like Envoy's load, under the same budget.
   local co = co_create(chunk)
-  local rok, rerr = budgeted_resume({ limit = limit, used = 0 })(co)
+  local rok, rerr
+  if limit > 0 then
+    rok, rerr = budgeted_resume({ limit = limit, used = 0 }, co)
+  else
+    rok, rerr = co_resume(co)
+  end
   if not rok then error("lua_scripts: " .. tostring(rerr), 0) end
   if co_status(co) ~= "dead" then error("lua_scripts: script performed an unexpected yield", 0) end
 
@@ -281,6 +305,7 @@ function M.new(config)
   local inst = {
     name = name, fail_closed = config.fail_closed == true, limit = limit, env = env,
     errors = 0, last_error = nil,
+    run_opts = { resume = limit > 0 and budgeted_resume or unbudgeted_resume },
     pending = setmetatable({}, { __mode = "k" }), -- stream -> response script waiting for trailers
   }
   -- Only the phases the script hooks: the chain skips the others.

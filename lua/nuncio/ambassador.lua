@@ -599,16 +599,25 @@ local function merge_adds(members, key)
 end
 
 local function canary_groups(rep, recs, routes)
+  -- Members of a group share their prefix (part of the key): a Mapping whose prefix no other
+  -- has is alone, and alone there is nothing to check, so its key is never built.
+  local prefixes = {}
+  for i = 1, #routes do
+    local p = routes[i].prefix or ""
+    prefixes[p] = (prefixes[p] or 0) + 1
+  end
   local groups, order = {}, {}
-  for i, rec in ipairs(recs) do
-    local key = route_order.group_key(routes[i])
-    local g = groups[key]
-    if not g then
-      g = {}
-      groups[key] = g
-      order[#order + 1] = key
+  for i = 1, #recs do
+    if prefixes[routes[i].prefix or ""] > 1 then
+      local key = route_order.group_key(routes[i])
+      local g = groups[key]
+      if not g then
+        g = {}
+        groups[key] = g
+        order[#order + 1] = key
+      end
+      g[#g + 1] = i
     end
-    g[#g + 1] = i
   end
   for _, key in ipairs(order) do
     local g = groups[key]

@@ -154,12 +154,17 @@ function M.new(model, router)
     end
     return false
   end
-  -- The log phase always runs: it also releases the exchange's Lua object.
+  -- The log phase runs when a filter has on_log, or when a response phase may
+  -- run: it then releases the exchange's Lua object, which lives from the
+  -- request phase on. Otherwise the runtime releases it when the request phase
+  -- ends, and exchanges cost no log call (nuncio.runtime).
+  local response_headers = any("on_response_headers") or any_response_rewrite
+  local response_trailers = any("on_response_trailers")
   self.wants = {
     request_headers = true,
-    response_headers = any("on_response_headers") or any_response_rewrite,
-    response_trailers = any("on_response_trailers"),
-    log = true,
+    response_headers = response_headers,
+    response_trailers = response_trailers,
+    log = any("on_log") or response_headers or response_trailers,
   }
   return self
 end

@@ -36,13 +36,13 @@
 -- any (on_log: nil), as Envoy does.
 local ffi = require("ffi")
 
-local setmetatable, getmetatable, type, tostring, tonumber, select, error, pcall =
-  setmetatable, getmetatable, type, tostring, tonumber, select, error, pcall
+local setmetatable, getmetatable, type, tostring, tonumber, error, pcall =
+  setmetatable, getmetatable, type, tostring, tonumber, error, pcall
 local next, rawget, ipairs, pairs = next, rawget, ipairs, pairs
 local string_lower, string_byte, string_format = string.lower, string.byte, string.format
 local table_concat = table.concat
 local math_floor = math.floor
-local co_create, co_yield, co_status, co_resume = coroutine.create, coroutine.yield, coroutine.status, coroutine.resume
+local co_create, co_yield, co_resume = coroutine.create, coroutine.yield, coroutine.resume
 local os_time = os.time
 local traceback = debug.traceback
 
@@ -60,8 +60,6 @@ local SECOND_ITER = "cannot create a second iterator before completing the first
 
 ---------------------------------------------------------------------------
 -- helpers
-
-local function pack(...) return { n = select("#", ...), ... } end
 
 local function typename(v)
   if v == nil then return "no value" end
@@ -173,8 +171,13 @@ end
 
 -- Objects are cached per generation: asking twice gives the same object
 -- (Envoy hands back the same wrapper), a wait starts a new generation.
+-- The cache table is made on first use: most calls ask for headers() only.
 local function cached(run, key, make)
   local c = run.cache
+  if not c then
+    c = {}
+    run.cache = c
+  end
   local o = c[key]
   if not o then
     o = make()
@@ -201,11 +204,7 @@ end
 local function get_joined(self, name)
   alive(self)
   name = string_lower(checkstring(name, 1, "get"))
-  local vals = self._map:get_all(name)
-  local n = #vals
-  if n == 0 then return nil end
-  if n == 1 then return vals[1] end
-  return table_concat(vals, ",")
+  return self._map:get_joined(name)
 end
 
 local function get_at(self, name, index)
@@ -563,11 +562,14 @@ Handle.__index = Handle
 local ResponseHandle = setmetatable({}, { __index = Handle })
 ResponseHandle.__index = ResponseHandle
 
+-- No closure for cached(): a script asks for headers() on every call, often twice.
 function Handle:headers()
   local run = handle_alive(self)
-  return cached(run, "headers", function()
-    return new_map(run, run.dir == "request" and run.s.request or run.s.response, "headers")
-  end)
+  local o = run.hmap
+  if o then return o end
+  o = new_map(run, run.dir == "request" and run.s.request or run.s.response, "headers")
+  run.hmap = o
+  return o
 end
 
 --- The request headers, read-only, from the response path (Envoy 1.33+).
@@ -794,85 +796,116 @@ end
 ---------------------------------------------------------------------------
 -- the driver
 
+-- What a pooled script coroutine yields when the script returned: the
+-- coroutine then waits for the next call's function instead of dying, so a
+-- call does not create one (that was most of a small script's cost).
+local DONE = {}
+local function trampoline(fn, h)
+  while true do
+    fn(h)
+    fn, h = co_yield(DONE)
+  end
+end
+local idle, n_idle = {}, 0 -- coroutines parked at co_yield(DONE)
+local POOL_MAX = 32
+
+local function plain_resume(_, co, ...) return co_resume(co, ...) end
+
 --- run = envoy.new_run(stream, "request"|"response", { resume = fn? })
---- opts.resume(co, ...) replaces coroutine.resume (the filter wraps it in
---- its instruction budget).
-function M.new_run(s, dir, opts)
-  opts = opts or {}
+--- opts.resume(run, co, ...) replaces coroutine.resume(co, ...) (the filter
+--- wraps it in the call's instruction budget, which it may keep in run).
+--- limit: the call's instruction budget, kept in the run as { limit, used,
+--- err } for opts.resume. The fields every call sets are in the
+--- constructor (adding keys later rehashes the table); the body fields only
+--- body()/trailers() calls add.
+function M.new_run(s, dir, opts, limit)
   return {
-    s = s, dir = dir, live = false, gen = 0, cache = {}, headers_continued = false,
-    resume = opts.resume or co_resume, state = "new",
+    s = s, dir = dir, live = false, gen = 0, cache = false, hmap = false, headers_continued = false,
+    resume = opts and opts.resume or plain_resume, state = "new", co = false,
+    limit = limit or 0, used = 0, err = false,
   }
 end
 
 local function new_generation(run)
   run.gen = run.gen + 1
-  run.cache = {}
+  run.cache = false
+  run.hmap = false
+end
+
+-- After each resume: "done" | "responded" | "waiting" | "failed", err,
+-- traceback. Takes resume's results as they come (no packing).
+local function settle(run, ok, what, ...)
+  run.live = false
+  local co = run.co
+  if not ok then
+    run.state = "failed"
+    run.headers_continued = true
+    local msg = what
+    if type(msg) ~= "string" then msg = tostring(msg) end
+    return "failed", msg, traceback(co)
+  end
+  if what == DONE then
+    run.state = "done"
+    run.headers_continued = true
+    new_generation(run)
+    run.co = false
+    if n_idle < POOL_MAX then
+      n_idle = n_idle + 1
+      idle[n_idle] = co
+    end
+    return "done"
+  elseif what == RESPONDED then
+    run.state = "responded"
+    new_generation(run)
+    return "responded"
+  elseif what == WAIT_TRAILERS then
+    run.state = "waiting"
+    new_generation(run)
+    return "waiting"
+  elseif what == WAIT_BODY then
+    -- stream:read_body() may wait (it yields the phase's own coroutine,
+    -- outside the script's); over the buffer limit it ends the exchange
+    -- with 413 and does not return, as Envoy's body() does.
+    local s = run.s
+    local body, err
+    if type(s.read_body) ~= "function" then
+      err = "body access is not supported by this nuncio (the stream has no read_body)"
+    else
+      local rok, b, e = pcall(s.read_body, s)
+      if rok then body, err = b, e else err = b end
+    end
+    -- An empty body means the request ended with its headers: Envoy does
+    -- not wait then, so the script's objects stay valid.
+    if body ~= "" then new_generation(run) end
+    run.live = true
+    return settle(run, run.resume(run, co, body, err))
+  end
+  -- A script's own bare yield: its coroutine stays suspended, never pooled.
+  run.state = "failed"
+  run.headers_continued = true
+  return "failed", "script performed an unexpected yield", traceback(co)
 end
 
 -- Resumes until the script ends, responds, fails or waits for the response
--- trailers. Returns "done" | "responded" | "waiting" | "failed", err, traceback.
+-- trailers (see settle).
 local function drive(run, ...)
-  local co = run.co
-  local resume = run.resume
   run.live = true
   run.state = "running"
-  local res = pack(resume(co, ...))
-  while true do
-    run.live = false
-    if not res[1] then
-      run.state = "failed"
-      run.headers_continued = true
-      local msg = res[2]
-      if type(msg) ~= "string" then msg = tostring(msg) end
-      return "failed", msg, traceback(co)
-    end
-    if co_status(co) == "dead" then
-      run.state = "done"
-      run.headers_continued = true
-      new_generation(run)
-      return "done"
-    end
-    local what = res[2]
-    if what == RESPONDED then
-      run.state = "responded"
-      new_generation(run)
-      return "responded"
-    elseif what == WAIT_TRAILERS then
-      run.state = "waiting"
-      new_generation(run)
-      return "waiting"
-    elseif what == WAIT_BODY then
-      -- stream:read_body() may wait (it yields the phase's own coroutine,
-      -- outside the script's); over the buffer limit it ends the exchange
-      -- with 413 and does not return, as Envoy's body() does.
-      local s = run.s
-      local body, err
-      if type(s.read_body) ~= "function" then
-        err = "body access is not supported by this nuncio (the stream has no read_body)"
-      else
-        local ok, b, e = pcall(s.read_body, s)
-        if ok then body, err = b, e else err = b end
-      end
-      -- An empty body means the request ended with its headers: Envoy does
-      -- not wait then, so the script's objects stay valid.
-      if body ~= "" then new_generation(run) end
-      run.live = true
-      res = pack(resume(co, body, err))
-    else
-      run.state = "failed"
-      run.headers_continued = true
-      return "failed", "script performed an unexpected yield", traceback(co)
-    end
-  end
+  return settle(run, run.resume(run, run.co, ...))
 end
 
 --- Starts fn(handle) for this run: see drive() for the results.
 function M.start(run, fn)
-  run.co = co_create(fn)
-  local h = setmetatable({ _run = run }, run.dir == "request" and Handle or ResponseHandle)
-  run.handle = h
-  return drive(run, h)
+  local co
+  if n_idle > 0 then
+    co = idle[n_idle]
+    idle[n_idle] = nil
+    n_idle = n_idle - 1
+  else
+    co = co_create(trampoline)
+  end
+  run.co = co
+  return drive(run, fn, setmetatable({ _run = run }, run.dir == "request" and Handle or ResponseHandle))
 end
 
 --- Resumes a script waiting in trailers(): has = the trailers arrived.

@@ -19,11 +19,13 @@ struct nu_stream_info {
 };
 int nu_ffi_hdr_count(struct stream *st, int which, const char *name, size_t nlen);
 int nu_ffi_hdr_get(struct stream *st, int which, const char *name, size_t nlen, int k, const char **value, size_t *vlen);
+int nu_ffi_hdr_get_n(struct stream *st, int which, const char *name, size_t nlen, const char **value, size_t *vlen);
 int nu_ffi_hdr_at(struct stream *st, int which, int i, const char **name, size_t *nlen, const char **value, size_t *vlen);
 int nu_ffi_hdr_set(struct stream *st, int which, const char *name, size_t nlen, const char *value, size_t vlen);
 int nu_ffi_hdr_add(struct stream *st, int which, const char *name, size_t nlen, const char *value, size_t vlen);
 int nu_ffi_hdr_remove(struct stream *st, int which, const char *name, size_t nlen);
 int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out);
+int nu_ffi_stream_flags(struct stream *st);
 int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy);
 int nu_ffi_stream_get_upstream(struct stream *st, int *cluster, int *timeout_ms);
 int nu_ffi_stream_respond(struct stream *st, int status, int grpc_status, const char *body, size_t blen, const char *details, size_t dlen);
@@ -45,6 +47,11 @@ M.ERROR = -1
 M.AGAIN = -2
 M.DECLINED = -5
 M.BAD_CONTEXT = -101
+
+-- nu_ffi_stream_flags bits: what route() and is_grpc() need, without
+-- copying the whole nu_stream_info.
+M.FLAG_GRPC = 1
+M.FLAG_SECURE = 2
 
 -- Header map selectors (enum stream_map in csrc/stream.h).
 M.REQUEST = 0

@@ -9,8 +9,9 @@ local log = require("nuncio.log")
 local C = nffi.C
 local ffi_string = ffi.string
 local str_out, len_out, int_out = nffi.str_out, nffi.len_out, nffi.int_out
-local setmetatable, tostring, tonumber, type, error, pairs = setmetatable, tostring, tonumber, type, error, pairs
-local string_format, string_byte = string.format, string.byte
+local setmetatable, rawset, tostring, tonumber, type, error, pairs = setmetatable, rawset, tostring, tonumber, type,
+  error, pairs
+local string_format, string_byte, table_concat = string.format, string.byte, table.concat
 
 local OK, DECLINED, BAD_CONTEXT, AGAIN = nffi.OK, nffi.DECLINED, nffi.BAD_CONTEXT, nffi.AGAIN
 local ffi_new, coroutine_yield = ffi.new, coroutine.yield
@@ -49,6 +50,15 @@ function Headers:get(name)
   local rc = C.nu_ffi_hdr_get(cptr(self), self._which, name, #name, 0, str_out, len_out)
   if rc ~= OK then return nil end
   return ffi_string(str_out[0], len_out[0])
+end
+
+--- The value of a header, repeated values joined with "," (Envoy's get), or nil.
+--- The common single value costs no table.
+function Headers:get_joined(name)
+  local n = C.nu_ffi_hdr_get_n(cptr(self), self._which, name, #name, str_out, len_out)
+  if n <= 0 then return nil end
+  if n == 1 then return ffi_string(str_out[0], len_out[0]) end
+  return table_concat(self:get_all(name), ",")
 end
 
 --- Every value of a header, in order (an empty table if none).
@@ -122,20 +132,41 @@ function Headers:to_table()
   return t
 end
 
-local function new_headers(s, which)
-  return setmetatable({ _s = s, _which = which }, Headers)
-end
+local REQUEST, RESPONSE, TRAILERS, REQUEST_TRAILERS = nffi.REQUEST, nffi.RESPONSE, nffi.TRAILERS,
+  nffi.REQUEST_TRAILERS
+local FLAG_GRPC, FLAG_SECURE = nffi.FLAG_GRPC, nffi.FLAG_SECURE
+local band = require("bit").band
 
 local Stream = {}
-Stream.__index = Stream
+
+--- s = stream.new(cdata_stream, chain): chain gives route() its router.
+-- Each table costs hundreds of instructions to make and collect, so an
+-- exchange starts with two (the stream and its request map); the other maps
+-- and ctx are made when first touched.
+local LAZY_MAP = { response = RESPONSE, trailers = TRAILERS, request_trailers = REQUEST_TRAILERS }
+local StreamMT = {
+  __index = function(s, k)
+    local m = Stream[k]
+    if m ~= nil then return m end
+    local which = LAZY_MAP[k]
+    if which then
+      local h = setmetatable({ _s = s, _which = which }, Headers)
+      rawset(s, k, h)
+      return h
+    end
+    if k == "ctx" then
+      local c = {}
+      rawset(s, "ctx", c)
+      return c
+    end
+    return nil
+  end,
+}
 
 --- s = stream.new(cdata_stream, chain): chain gives route() its router.
 function M.new(st, chain)
-  local s = setmetatable({ _st = st, _chain = chain, ctx = {} }, Stream)
-  s.request = new_headers(s, nffi.REQUEST)
-  s.response = new_headers(s, nffi.RESPONSE)
-  s.trailers = new_headers(s, nffi.TRAILERS)
-  s.request_trailers = new_headers(s, nffi.REQUEST_TRAILERS)
+  local s = setmetatable({ _st = st, _chain = chain, request = false, _replied = false }, StreamMT)
+  s.request = setmetatable({ _s = s, _which = REQUEST }, Headers)
   return s
 end
 
@@ -158,14 +189,14 @@ function Stream:info()
 end
 
 function Stream:is_grpc()
-  local i = nffi.info
-  C.nu_ffi_stream_info(sptr(self), i)
-  return i.grpc ~= 0
+  return band(C.nu_ffi_stream_flags(sptr(self)), FLAG_GRPC) ~= 0
 end
 
-local function header_of(s)
-  return function(name) return s.request:get(name) end
-end
+-- The request route() hands the router, reused: the router reads it during
+-- match() and keeps nothing, and match() never re-enters route().
+local match_req = { authority = "", path = "/", method = "GET", header = false, secure = false }
+local match_stream
+match_req.header = function(name) return match_stream.request:get(name) end
 
 --- The route the current request headers select, or nil and why
 --- ("no_route", "rejected", "redirect"). Cached until a request header changes.
@@ -174,16 +205,17 @@ function Stream:route()
   if r == nil then
     local router = self._chain and self._chain.router
     if not router then return nil, "no_route" end
-    local i = nffi.info
-    C.nu_ffi_stream_info(sptr(self), i)
+    local flags = C.nu_ffi_stream_flags(sptr(self))
+    local rq = self.request
+    local req = match_req
+    req.authority = rq:get(":authority") or ""
+    req.path = rq:get(":path") or "/"
+    req.method = rq:get(":method") or "GET"
+    req.secure = band(flags, FLAG_SECURE) ~= 0
+    match_stream = self
     local why
-    r, why = router:match({
-      authority = self.request:get(":authority") or "",
-      path = self.request:get(":path") or "/",
-      method = self.request:get(":method") or "GET",
-      header = header_of(self),
-      secure = i.secure ~= 0,
-    })
+    r, why = router:match(req)
+    match_stream = nil
     if not r then
       r = false
       self._route_why = why
@@ -232,6 +264,9 @@ function Stream:read_body(which)
     local rc = C.nu_ffi_stream_body_wait(st, which, len_out)
     if rc == OK then break end
     if rc == AGAIN then
+      -- The runtime must find this object if the core gives up the wait.
+      local park = M.park
+      if park then park(self) end
       coroutine_yield()
       st = sptr(self)
     elseif rc == BAD_CONTEXT then

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -145,6 +146,26 @@ class TlsTerminationTest(NuncioTestCase):
 
     def upstream_saw(self, test_id):
         return [md for md in self.up.calls_to("/helloworld.Greeter/SayHello") if md.get("x-test-id") == test_id]
+
+    # ------------------------------------------------------------ resumption
+
+    def test_sessions_resume_by_ticket_and_by_session_id(self):
+        """A returning client skips the full handshake: by session ticket, and by
+        session id from the server's cache when it does not use tickets."""
+        with tempfile.TemporaryDirectory() as d:
+            for how, extra in (("ticket", []), ("session id", ["-no_ticket"])):
+                with case(how):
+                    sess = os.path.join(d, how.replace(" ", "-"))
+                    rc, out, _ = s_client(self.proxy.port, servername="localhost", alpn="h2",
+                                          extra=["-tls1_2", "-sess_out", sess] + extra)
+                    self.assertEqual(rc, 0, out)
+                    self.assertIn("New, TLSv1.2", out)
+                    if how == "ticket":
+                        self.assertIn("TLS session ticket lifetime hint: 7200", out)
+                    rc, out, _ = s_client(self.proxy.port, servername="localhost", alpn="h2",
+                                          extra=["-tls1_2", "-sess_in", sess] + extra)
+                    self.assertEqual(rc, 0, out)
+                    self.assertIn("Reused, TLSv1.2", out)
 
     # ------------------------------------------------------------ gRPC over TLS
 

@@ -77,8 +77,58 @@ static void test_binary_values(void)
     hdr_clear(&m);
 }
 
+/* Values read from the map itself, while the shared block regrows. */
+static void test_self_alias_and_dead_bytes(void)
+{
+    struct hdr_map m = {0};
+    char big[3000];
+    memset(big, 'x', sizeof big);
+    hdr_add(&m, HDR_LIT("a"), HDR_LIT("first"));
+    hdr_add(&m, HDR_LIT("b"), HDR_LIT("second"));
+    for (int i = 0; i < 40; i++) {
+        size_t n = 0;
+        const char *v = hdr_get(&m, HDR_LIT("a"), &n);
+        CHECK(hdr_add(&m, HDR_LIT("c"), v, n) == NU_OK); /* v lives in the block that grows */
+        CHECK(hdr_set(&m, m.v[1].name, m.v[1].nlen, big, sizeof big) == NU_OK);
+    }
+    CHECK(hdr_count(&m, HDR_LIT("c")) == 40);
+    CHECK(hdr_count(&m, HDR_LIT("b")) == 1);
+    CHECK_STR(hdr_get(&m, HDR_LIT("c"), NULL), "first");
+    size_t n;
+    const char *v = hdr_get(&m, HDR_LIT("b"), &n);
+    CHECK(n == sizeof big && memcmp(v, big, n) == 0);
+    /* a value set again and again does not grow the block without bound */
+    for (int i = 0; i < 10000; i++)
+        CHECK(hdr_set(&m, HDR_LIT("b"), big, (size_t)(i % 7) + 1) == NU_OK);
+    CHECK(m.str_cap < 64 * 1024);
+    CHECK(m.bytes == (1 + 5) + 40 * (1 + 5) + 1 + (size_t)(9999 % 7) + 1);
+    hdr_clear(&m);
+}
+
+/* Names are folded eight bytes at a time: every byte value, at every position. */
+static void test_fold_every_byte(void)
+{
+    for (int c = 0; c < 256; c++) {
+        for (size_t len = 1; len <= 19; len++) {
+            char name[20], want[20];
+            for (size_t i = 0; i < len; i++)
+                name[i] = (char)((i * 37 + 11) % 95 + 32);
+            name[len - 1] = (char)c;
+            for (size_t i = 0; i < len; i++)
+                want[i] = (name[i] >= 'A' && name[i] <= 'Z') ? (char)(name[i] + 32) : name[i];
+            struct hdr_map m = {0};
+            CHECK(hdr_add(&m, name, len, "v", 1) == NU_OK);
+            CHECK(memcmp(m.v[0].name, want, len) == 0);
+            CHECK(hdr_find(&m, name, len, 0) == 0);
+            hdr_clear(&m);
+        }
+    }
+}
+
 int main(void)
 {
+    test_fold_every_byte();
+    test_self_alias_and_dead_bytes();
     test_add_get_case_insensitive();
     test_multi_values_and_order();
     test_remove_and_set_absent();
