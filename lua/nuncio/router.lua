@@ -128,22 +128,26 @@ local function compile_host(c, route)
   return true
 end
 
-local function compile_headers(c, route)
-  local headers = route.headers
-  if not headers or #headers == 0 then
-    return true
+-- Matchers of headers / query parameters: presence (value true), regex, or exact.
+-- name_field / regex_field name the Mapping fields in errors; names are lower-cased
+-- for headers (HTTP/2 names are), kept for query parameters (Envoy compares them exactly).
+-- -> the matcher list (nil when there is none), or nil, err
+local function compile_matchers(route, list, name_field, regex_field, lower_names)
+  if not list or #list == 0 then
+    return nil
   end
   local out = {}
-  for i = 1, #headers do
-    local h = headers[i]
+  for i = 1, #list do
+    local h = list[i]
     if type(h.name) ~= "string" then
-      return nil, route_error(route, "headers", "header name must be a string")
+      local what = lower_names and "header" or "parameter"
+      return nil, route_error(route, name_field, what .. " name must be a string")
     end
-    local m = { name = lower(h.name) }
+    local m = { name = lower_names and lower(h.name) or h.name }
     if h.value == true then
       m.kind = HDR_PRESENT
     elseif h.regex then
-      local re, err = compile_regex(route, "headers", h.value)
+      local re, err = compile_regex(route, regex_field, h.value)
       if not re then
         return nil, err
       end
@@ -153,6 +157,14 @@ local function compile_headers(c, route)
     end
     out[i] = m
   end
+  return out
+end
+
+local function compile_headers(c, route)
+  local out, err = compile_matchers(route, route.headers, "headers", "headers", true)
+  if err then
+    return nil, err
+  end
   c.headers = out
   return true
 end
@@ -160,29 +172,9 @@ end
 -- query_parameters / regex_query_parameters (Envoy QueryParameterMatcher): names compare
 -- exactly, values as sent (not percent-decoded), presence for value true.
 local function compile_query(c, route)
-  local query = route.query
-  if not query or #query == 0 then
-    return true
-  end
-  local out = {}
-  for i = 1, #query do
-    local q = query[i]
-    if type(q.name) ~= "string" then
-      return nil, route_error(route, "query_parameters", "parameter name must be a string")
-    end
-    local m = { name = q.name }
-    if q.value == true then
-      m.kind = HDR_PRESENT
-    elseif q.regex then
-      local re, err = compile_regex(route, "regex_query_parameters", q.value)
-      if not re then
-        return nil, err
-      end
-      m.kind, m.re = HDR_REGEX, re
-    else
-      m.kind, m.value = HDR_EXACT, tostring(q.value)
-    end
-    out[i] = m
+  local out, err = compile_matchers(route, route.query, "query_parameters", "regex_query_parameters", false)
+  if err then
+    return nil, err
   end
   c.query = out
   return true
