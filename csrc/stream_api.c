@@ -140,7 +140,7 @@ int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out)
 /* NU_FFI flag bits (lua/nuncio/ffi.lua FLAG_*): 1 gRPC request, 2 secure. */
 int nu_ffi_stream_flags(struct stream *st)
 {
-    return ((st->flags & ST_F_GRPC) ? 1 : 0) | ((st->flags & ST_F_SECURE) ? 2 : 0);
+    return ((st->flags & ST_F_GRPC) ? 1 : 0) | ((st->flags & ST_F_SECURE) ? 2 : 0) | (st->x.down.http1 ? 4 : 0);
 }
 
 int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy)

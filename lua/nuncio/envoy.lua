@@ -493,8 +493,7 @@ end
 
 function StreamInfo:protocol()
   local run = alive(self)
-  -- nuncio's downstream codec is HTTP/2 (cleartext h2c or TLS with ALPN h2).
-  return run.s:info().protocol or "HTTP/2"
+  return run.s:protocol()
 end
 
 function StreamInfo:dynamicMetadata()

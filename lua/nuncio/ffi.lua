@@ -52,6 +52,7 @@ M.BAD_CONTEXT = -101
 -- copying the whole nu_stream_info.
 M.FLAG_GRPC = 1
 M.FLAG_SECURE = 2
+M.FLAG_HTTP1 = 4 -- the client speaks HTTP/1.x
 
 -- Header map selectors (enum stream_map in csrc/stream.h).
 M.REQUEST = 0

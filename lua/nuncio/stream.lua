@@ -192,6 +192,11 @@ function Stream:is_grpc()
   return band(C.nu_ffi_stream_flags(sptr(self)), FLAG_GRPC) ~= 0
 end
 
+--- The client's protocol, as Envoy's streamInfo():protocol() names it.
+function Stream:protocol()
+  return band(C.nu_ffi_stream_flags(sptr(self)), nffi.FLAG_HTTP1) ~= 0 and "HTTP/1.1" or "HTTP/2"
+end
+
 -- The request route() hands the router, reused: the router reads it during
 -- match() and keeps nothing, and match() never re-enters route().
 local match_req = { authority = "", path = "/", method = "GET", header = false, secure = false }

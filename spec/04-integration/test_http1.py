@@ -474,6 +474,36 @@ class Http1TimeoutsTest(NuncioTestCase):
         self.assertIn("idle timeout", self.proxy.log())
 
 
+PROTOCOL_MODULE = """apiVersion: getambassador.io/v3alpha1
+kind: Module
+metadata: {name: ambassador}
+spec:
+  config:
+    lua_scripts: |
+      function envoy_on_response(response_handle)
+        response_handle:headers():add("x-protocol", response_handle:streamInfo():protocol())
+      end
+"""
+
+
+class StreamInfoProtocolTest(NuncioTestCase):
+    """Envoy's streamInfo():protocol() names the client's protocol in lua_scripts."""
+
+    @classmethod
+    def setUpClass(cls):
+        rec = start_recorder(cls)
+        cls.start_proxy([mapping("rec", "/rec/", rec)], docs=[PROTOCOL_MODULE])
+
+    def test_protocol_is_the_clients(self):
+        url = "http://127.0.0.1:%d/rec/x" % self.proxy.port
+        for flag, want in (("--http1.1", "HTTP/1.1"), ("--http2-prior-knowledge", "HTTP/2")):
+            out = curl("-D", "-", "-o", "/dev/null", flag, url)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            got = [l.split(":", 1)[1].strip() for l in out.stdout.decode().splitlines()
+                   if l.lower().startswith("x-protocol:")]
+            self.assertEqual(got, [want])
+
+
 if __name__ == "__main__":
     import unittest
     unittest.main(verbosity=2)
