@@ -7,7 +7,7 @@ PYTHON     := /usr/bin/python3
 # Debian 12 packages the build, the tests and the example need.
 DEB_PACKAGES := build-essential cmake pkg-config libev-dev libnghttp2-dev libyaml-dev libhttp-parser-dev libmbedtls-dev \
 	luajit2 libluajit2-5.1-dev lua-busted python3-grpcio python3-grpc-tools python3-protobuf \
-	nghttp2-client curl openssl chromium
+	nghttp2-client curl openssl chromium python3-yaml python3-prometheus-client
 # Not from Debian here: node (>= 20) and npm, for the gRPC-Web example page and its browser test.
 
 .PHONY: all deps build run test test-plain test-asan asan clean example-stubs grpc-web-example bench bench-deps profile

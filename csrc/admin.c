@@ -1,26 +1,30 @@
 #include "admin.h"
 #include "conn.h"
-#include "h2c.h"
+#include "control.h"
 #include "log.h"
 #include "nuncio.h"
-#include "stream.h"
-#include "upstream.h"
-#include "worker.h"
+#include "stats.h"
 
 #include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+/* One admin client. Replies that need the workers' numbers wait for a
+ * scrape; the scrape finds this object through `waiting`, and a client that
+ * leaves first unhooks it so the scrape answers nobody. */
 struct admin_conn {
     struct conn *conn;
-    struct worker *w;
+    struct control *ctl;
     http_parser parser;
-    char url[256];
+    char url[1024];
     size_t url_len;
+    int keep_alive;
+    int head; /* HEAD request: headers only */
+    struct scrape *waiting;
+    char query[1024];
 };
-
-static double started_at = -1;
 
 static int on_url(http_parser *p, const char *at, size_t len)
 {
@@ -34,63 +38,219 @@ static int on_url(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
-static void reply(struct admin_conn *a, int status, const char *reason, const char *body, int keep_alive)
+static void reply_n(struct admin_conn *a, int status, const char *reason, const char *ctype, const char *body,
+                    size_t blen)
 {
-    char head[256];
-    size_t blen = strlen(body);
+    char head[320];
     int n = snprintf(head, sizeof head,
-                     "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\nconnection: %s\r\n\r\n",
-                     status, reason, blen, keep_alive ? "keep-alive" : "close");
-    if (buf_append(&a->conn->wbuf, head, (size_t)n) != NU_OK || buf_append(&a->conn->wbuf, body, blen) != NU_OK) {
+                     "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\ncache-control: no-store\r\n"
+                     "connection: %s\r\n\r\n",
+                     status, reason, ctype, blen, a->keep_alive ? "keep-alive" : "close");
+    if (buf_append(&a->conn->wbuf, head, (size_t)n) != NU_OK ||
+        (!a->head && buf_append(&a->conn->wbuf, body, blen) != NU_OK)) {
         conn_close(a->conn, NU_ERR_NOMEM);
         return;
     }
-    if (!keep_alive)
+    if (!a->keep_alive)
         a->conn->finishing = 1;
     conn_want_write(a->conn);
+    /* A pipelined request that waited behind this one goes on now. */
+    http_parser_pause(&a->parser, 0);
+}
+
+static void reply(struct admin_conn *a, int status, const char *reason, const char *body)
+{
+    reply_n(a, status, reason, "text/plain; charset=utf-8", body, strlen(body));
+}
+
+static const char *reason_of(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return status >= 500 ? "Internal Server Error" : "OK";
+    }
+}
+
+/* Sums what /stats has always shown (tests and humans read it), over workers. */
+static void render_stats(struct admin_conn *a, struct scrape *sc)
+{
+    struct stats_gauges sum = {0};
+    char body[4096];
+    size_t len = 0;
+    for (int i = 0; i < sc->n; i++) {
+        const struct stats_gauges *g = sc->reports[i] ? &sc->reports[i]->gauges : NULL;
+        if (!g)
+            continue;
+        sum.downstream_conns_active += g->downstream_conns_active;
+        sum.downstream_conns_total += g->downstream_conns_total;
+        sum.upstream_conns_active += g->upstream_conns_active;
+        sum.upstream_conns_total += g->upstream_conns_total;
+        sum.streams_active += g->streams_active;
+        sum.upstream_retries += g->upstream_retries;
+        sum.upstream_ejections += g->upstream_ejections;
+        sum.lua_errors += g->lua_errors;
+    }
+    len += (size_t)snprintf(body + len, sizeof body - len,
+                            "live_streams %llu\nlive_conns %llu\nupstream_connects %llu\nlive_upstream_conns %llu\n"
+                            "upstream_retries %llu\nupstream_ejections %llu\nlua_errors %llu\n"
+                            "downstream_connections %llu\ngeneration %llu\nreloads_ok %llu\nreloads_failed %llu\n",
+                            (unsigned long long)sum.streams_active,
+                            (unsigned long long)(sum.downstream_conns_active + sum.upstream_conns_active),
+                            (unsigned long long)sum.upstream_conns_total, (unsigned long long)sum.upstream_conns_active,
+                            (unsigned long long)sum.upstream_retries, (unsigned long long)sum.upstream_ejections,
+                            (unsigned long long)sum.lua_errors, (unsigned long long)sum.downstream_conns_total,
+                            (unsigned long long)a->ctl->generation, (unsigned long long)a->ctl->reloads_ok,
+                            (unsigned long long)a->ctl->reloads_failed);
+    for (int i = 0; i < sc->n && len < sizeof body; i++)
+        if (sc->reports[i])
+            len += (size_t)snprintf(body + len, sizeof body - len, "worker_%d_downstream_connections %llu\n", i,
+                                    (unsigned long long)sc->reports[i]->gauges.downstream_conns_total);
+    if (len > sizeof body - 1)
+        len = sizeof body - 1;
+    reply_n(a, 200, "OK", "text/plain; charset=utf-8", body, len);
+}
+
+static void render_metrics(struct admin_conn *a, struct scrape *sc)
+{
+    struct control *ctl = a->ctl;
+    struct stats_snap *snaps[64];
+    size_t n = 0;
+    for (int i = 0; i < sc->n && n < NU_ARRAY_LEN(snaps); i++)
+        if (sc->reports[i] && sc->reports[i]->snap)
+            snaps[n++] = sc->reports[i]->snap;
+    struct stats_process p = {
+        .config_generation = ctl->generation,
+        .reloads_ok = ctl->reloads_ok,
+        .reloads_failed = ctl->reloads_failed,
+        .workers = (uint64_t)ctl->n_workers,
+        .start_time = ctl->started,
+        .last_reload_success_time = ctl->last_reload_ok,
+    };
+    struct buf out = {0};
+    if (stats_render(&out, snaps, n, &p) != NU_OK) {
+        buf_free(&out);
+        reply(a, 500, "Internal Server Error", "out of memory\n");
+        return;
+    }
+    reply_n(a, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", (const char *)out.data + out.off, buf_size(&out));
+    buf_free(&out);
+}
+
+static void render_diag(struct admin_conn *a, struct scrape *sc)
+{
+    struct buf out = {0};
+    int status = 500;
+    const char *ctype = "text/plain";
+    if (control_diag(a->ctl, sc, a->query, &status, &ctype, &out) != NU_OK) {
+        buf_free(&out);
+        reply(a, 500, "Internal Server Error", "out of memory\n");
+        return;
+    }
+    reply_n(a, status, reason_of(status), ctype, (const char *)out.data + out.off, buf_size(&out));
+    buf_free(&out);
+}
+
+enum admin_page { PAGE_STATS = 1, PAGE_METRICS, PAGE_DIAG };
+
+struct admin_wait {
+    struct admin_conn *a;
+    int page;
+};
+
+static void scrape_done(struct scrape *sc)
+{
+    struct admin_wait *wt = sc->arg;
+    struct admin_conn *a = wt->a;
+    if (a) {
+        a->waiting = NULL;
+        if (wt->page == PAGE_STATS)
+            render_stats(a, sc);
+        else if (wt->page == PAGE_METRICS)
+            render_metrics(a, sc);
+        else
+            render_diag(a, sc);
+    }
+    free(wt);
+}
+
+static void gather(struct admin_conn *a, int page)
+{
+    struct admin_wait *wt = calloc(1, sizeof *wt);
+    if (!wt) {
+        reply(a, 500, "Internal Server Error", "out of memory\n");
+        return;
+    }
+    wt->a = a;
+    wt->page = page;
+    /* Hold further pipelined requests until this answer is out, in order. */
+    http_parser_pause(&a->parser, 1);
+    struct control *ctl = a->ctl;
+    struct scrape *before = ctl->scrapes;
+    if (control_scrape(ctl, scrape_done, wt) != NU_OK) {
+        free(wt);
+        reply(a, 500, "Internal Server Error", "out of memory\n");
+        return;
+    }
+    /* control_scrape may have finished at once (no workers): then wt is gone. */
+    if (ctl->scrapes != before && ctl->scrapes && ctl->scrapes->arg == wt)
+        a->waiting = ctl->scrapes;
+}
+
+static double uptime(struct control *ctl)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9 - ctl->started;
 }
 
 static int on_message_complete(http_parser *p)
 {
     struct admin_conn *a = p->data;
-    struct worker *w = a->w;
-    int ka = http_should_keep_alive(p);
-    char body[1024];
-    double up = ev_now(w->loop) - started_at;
+    struct control *ctl = a->ctl;
+    a->keep_alive = http_should_keep_alive(p);
+    a->head = p->method == HTTP_HEAD;
+    char body[256];
     char *q = strchr(a->url, '?');
-    if (q)
+    a->query[0] = '\0';
+    if (q) {
+        snprintf(a->query, sizeof a->query, "%s", q + 1);
         *q = '\0';
-    if (strcmp(a->url, "/ready") == 0) {
-        if (w->ready)
-            reply(a, 200, "OK", "LIVE\n", ka);
+    }
+    const char *path = a->url;
+    int serving = ctl->ready && !ctl->draining;
+    if (strcmp(path, "/ready") == 0) {
+        if (serving)
+            reply(a, 200, "OK", "LIVE\n");
         else
-            reply(a, 503, "Service Unavailable", "PRE_INITIALIZING\n", ka);
-    } else if (strcmp(a->url, "/ambassador/v0/check_ready") == 0) {
-        if (w->ready) {
-            snprintf(body, sizeof body, "ambassador readiness check OK (%.0f s)\n", up);
-            reply(a, 200, "OK", body, ka);
+            reply(a, 503, "Service Unavailable", ctl->draining ? "DRAINING\n" : "PRE_INITIALIZING\n");
+    } else if (strcmp(path, "/ambassador/v0/check_ready") == 0) {
+        if (serving) {
+            snprintf(body, sizeof body, "ambassador readiness check OK (%.0f s)\n", uptime(ctl));
+            reply(a, 200, "OK", body);
+        } else if (ctl->draining) {
+            reply(a, 503, "Service Unavailable", "ambassador not ready (draining)\n");
         } else {
-            reply(a, 503, "Service Unavailable", "ambassador waiting for config\n", ka);
+            reply(a, 503, "Service Unavailable", "ambassador waiting for config\n");
         }
-    } else if (strcmp(a->url, "/ambassador/v0/check_alive") == 0) {
-        snprintf(body, sizeof body, "ambassador liveness check OK (%.0f s)\n", up);
-        reply(a, 200, "OK", body, ka);
-    } else if (strcmp(a->url, "/stats") == 0) {
-        /* Plain counters for tests and humans until the Prometheus endpoint lands. */
-        unsigned long long connects = 0;
-        for (size_t i = 0; w->ups && i < w->ups->n; i++)
-            connects += w->ups->v[i].connects;
-        /* This admin connection itself is one of the live ones: leave it out. */
-        snprintf(body, sizeof body,
-                 "live_streams %llu\nlive_conns %llu\nupstream_connects %llu\nlive_upstream_conns %llu\n"
-                 "upstream_retries %llu\nupstream_ejections %llu\nlua_errors %llu\n",
-                 (unsigned long long)w->live_streams, (unsigned long long)(w->live_conns - 1), connects,
-                 (unsigned long long)w->live_upstream_conns,
-                 (unsigned long long)(w->ups ? w->ups->retries : 0), (unsigned long long)(w->ups ? w->ups->ejections : 0),
-                 (unsigned long long)stream_api_counter(STREAM_API_LUA_ERRORS));
-        reply(a, 200, "OK", body, ka);
+    } else if (strcmp(path, "/ambassador/v0/check_alive") == 0) {
+        snprintf(body, sizeof body, "ambassador liveness check OK (%.0f s)\n", uptime(ctl));
+        reply(a, 200, "OK", body);
+    } else if (strcmp(path, "/stats") == 0) {
+        gather(a, PAGE_STATS);
+    } else if (strcmp(path, "/metrics") == 0 || strcmp(path, "/stats/prometheus") == 0) {
+        gather(a, PAGE_METRICS);
+    } else if (strcmp(path, "/ambassador/v0/diag/") == 0 || strcmp(path, "/ambassador/v0/diag") == 0) {
+        gather(a, PAGE_DIAG);
     } else {
-        reply(a, 404, "Not Found", "not found\n", ka);
+        reply(a, 404, "Not Found", "not found\n");
     }
     a->url_len = 0;
     a->url[0] = '\0';
@@ -105,10 +265,17 @@ static const http_parser_settings settings = {
 static int admin_on_read(struct conn *c, const uint8_t *p, size_t n)
 {
     struct admin_conn *a = c->codec;
-    size_t done = http_parser_execute(&a->parser, &settings, (const char *)p, n);
-    if (a->parser.http_errno != HPE_OK || done != n) {
-        reply(a, 400, "Bad Request", "bad request\n", 0);
+    if (a->waiting || HTTP_PARSER_ERRNO(&a->parser) == HPE_PAUSED) {
+        /* An answer is being gathered: one request at a time is plenty here. */
+        conn_close(c, NU_ERR_PROTO);
         return 0;
+    }
+    size_t done = http_parser_execute(&a->parser, &settings, (const char *)p, n);
+    if (HTTP_PARSER_ERRNO(&a->parser) == HPE_PAUSED)
+        return 0;
+    if (a->parser.http_errno != HPE_OK || done != n) {
+        a->keep_alive = 0;
+        reply(a, 400, "Bad Request", "bad request\n");
     }
     return 0;
 }
@@ -120,6 +287,11 @@ static int admin_fill(struct conn *c)
 
 static void admin_on_close(struct conn *c, int err)
 {
+    struct admin_conn *a = c->codec;
+    if (a->waiting) {
+        ((struct admin_wait *)a->waiting->arg)->a = NULL;
+        a->waiting = NULL;
+    }
 }
 
 static void admin_free(void *codec)
@@ -134,16 +306,13 @@ static const struct conn_handler admin_handler = {
     .free = admin_free,
 };
 
-int admin_attach(struct conn *c, void *worker)
+int admin_attach(struct conn *c, void *control)
 {
     struct admin_conn *a = calloc(1, sizeof *a);
     if (!a)
         return NU_ERR_NOMEM;
-    struct worker *w = worker;
-    if (started_at < 0)
-        started_at = ev_now(w->loop);
     a->conn = c;
-    a->w = w;
+    a->ctl = control;
     http_parser_init(&a->parser, HTTP_REQUEST);
     a->parser.data = a;
     conn_set_handler(c, &admin_handler, a);

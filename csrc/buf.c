@@ -97,6 +97,17 @@ static void chunk_put(struct chunk *c)
     pool_count++;
 }
 
+void buf_pool_release(void)
+{
+    while (pool_head) {
+        struct chunk *c = pool_head;
+        POOL_UNPOISON(c);
+        pool_head = c->next;
+        free(c);
+    }
+    pool_count = 0;
+}
+
 void chunk_free(struct chunk *c)
 {
     chunk_put(c);

@@ -46,6 +46,9 @@ struct chunkq {
     size_t bytes;
 };
 
+/* Frees the calling thread's pool of spare chunks (a worker thread, as it ends). */
+void buf_pool_release(void);
+
 int chunkq_append(struct chunkq *q, const uint8_t *p, size_t n); /* copies */
 size_t chunkq_read(struct chunkq *q, uint8_t *dst, size_t max);  /* copies out, frees drained chunks */
 void chunkq_clear(struct chunkq *q);

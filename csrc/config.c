@@ -79,6 +79,90 @@ static void free_str_list(char **v, size_t n)
     free(v);
 }
 
+static int read_route_names(lua_State *L, int idx, struct nu_config *cfg)
+{
+    lua_getfield(L, idx, "routes");
+    size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+    if (n && !(cfg->route_names = calloc(n, sizeof *cfg->route_names))) {
+        lua_pop(L, 1);
+        return NU_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        char *name = lua_istable(L, -1) ? get_str(L, lua_gettop(L), "name", "") : strdup("");
+        lua_pop(L, 1);
+        if (!name) {
+            lua_pop(L, 1);
+            return NU_ERR_NOMEM;
+        }
+        cfg->route_names[cfg->n_routes++] = name;
+    }
+    lua_pop(L, 1);
+    return NU_OK;
+}
+
+/* http.grpc_stats: absent or false leaves the filter off. */
+static int read_grpc_stats(lua_State *L, int t, struct nu_grpc_stats_cfg *g)
+{
+    lua_getfield(L, t, "grpc_stats");
+    int rc = NU_OK;
+    if (lua_istable(L, -1)) {
+        int gt = lua_gettop(L);
+        g->enabled = 1;
+        g->all_methods = get_bool(L, gt, "all_methods");
+        g->upstream_stats = get_bool(L, gt, "upstream_stats");
+        rc = get_str_list(L, gt, "allow", &g->allow, &g->n_allow);
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* http.access_log: { enabled, type = "text"|"json", path, format, json = {{key, fmt}...} }.
+ * Absent: on, Envoy's default text format to stdout, as Emissary does. */
+static int read_access_log(lua_State *L, int t, struct nu_access_log_cfg *a)
+{
+    lua_getfield(L, t, "access_log");
+    int at = lua_gettop(L);
+    a->enabled = 1;
+    if (lua_istable(L, at)) {
+        lua_getfield(L, at, "enabled");
+        a->enabled = lua_isnil(L, -1) || lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, at, "type");
+        a->json = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "json") == 0;
+        lua_pop(L, 1);
+        a->path = get_str(L, at, "path", NULL);
+        a->format = get_str(L, at, "format", NULL);
+        lua_getfield(L, at, "json");
+        size_t n = lua_istable(L, -1) ? lua_objlen(L, -1) : 0;
+        if (n &&
+            (!(a->json_keys = calloc(n, sizeof *a->json_keys)) || !(a->json_fmts = calloc(n, sizeof *a->json_fmts)))) {
+            lua_settop(L, at - 1);
+            return NU_ERR_NOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            char *k = get_str(L, lua_gettop(L), "key", "");
+            char *f = get_str(L, lua_gettop(L), "fmt", "");
+            lua_pop(L, 1);
+            a->json_keys[a->n_json] = k;
+            a->json_fmts[a->n_json] = f;
+            a->n_json++;
+            if (!k || !f) {
+                lua_settop(L, at - 1);
+                return NU_ERR_NOMEM;
+            }
+        }
+        lua_pop(L, 1);
+    } else if (lua_isboolean(L, at)) {
+        a->enabled = lua_toboolean(L, at);
+    }
+    lua_settop(L, at - 1);
+    if (!a->path && !(a->path = strdup("/dev/stdout")))
+        return NU_ERR_NOMEM;
+    return NU_OK;
+}
+
 /* "v1.2" -> 3 (TLS minor version numbering: v1.0 is 1); 0 when absent or unknown. */
 static int tls_version(lua_State *L, int t, const char *key)
 {
@@ -265,7 +349,8 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         snprintf(err, errlen, "the configuration model is not a table");
         return NU_ERR_CONFIG;
     }
-    cfg->workers = get_int(L, idx, "workers", 1);
+    cfg->workers = get_int(L, idx, "workers", 0);
+    cfg->drain_timeout_ms = get_int(L, idx, "drain_timeout_ms", 30000);
     char *level = get_str(L, idx, "log_level", "info");
     cfg->log_level = level ? nu_log_parse_level(level) : NU_LOG_INFO;
     free(level);
@@ -300,7 +385,7 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         lc->tls = get_bool(L, t, "tls");
         lc->l7_depth = get_int(L, t, "l7_depth", 0);
         char *model = get_str(L, t, "security_model", "XFP");
-        lc->security_model = !model ? NU_SECURITY_XFP
+        lc->security_model = !model                           ? NU_SECURITY_XFP
                              : strcmp(model, "SECURE") == 0   ? NU_SECURITY_SECURE
                              : strcmp(model, "INSECURE") == 0 ? NU_SECURITY_INSECURE
                                                               : NU_SECURITY_XFP;
@@ -367,13 +452,21 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         cfg->enable_grpc_web = get_bool(L, lua_gettop(L), "enable_grpc_web");
         cfg->enable_grpc_http11_bridge = get_bool(L, lua_gettop(L), "enable_grpc_http11_bridge");
         cfg->enable_http10 = get_bool(L, lua_gettop(L), "enable_http10");
+        if (read_grpc_stats(L, lua_gettop(L), &cfg->grpc_stats) != NU_OK ||
+            read_access_log(L, lua_gettop(L), &cfg->access_log) != NU_OK)
+            goto nomem;
     }
     lua_pop(L, 1);
+    if (!cfg->access_log.path) { /* no http section: the defaults */
+        cfg->access_log.enabled = 1;
+        if (!(cfg->access_log.path = strdup("/dev/stdout")))
+            goto nomem;
+    }
     cfg->request_headers_timeout_ms = get_int(L, idx, "request_headers_timeout_ms", 10000);
     if (!cfg->server_name && !(cfg->server_name = strdup("envoy")))
         goto nomem;
 
-    if (read_policies(L, idx, cfg) != NU_OK)
+    if (read_policies(L, idx, cfg) != NU_OK || read_route_names(L, idx, cfg) != NU_OK)
         goto nomem;
 
     lua_getfield(L, idx, "tls_contexts");
@@ -429,5 +522,11 @@ void config_free(struct nu_config *cfg)
     free(cfg->tls_contexts);
     free(cfg->admin_address);
     free(cfg->server_name);
+    free_str_list(cfg->route_names, cfg->n_routes);
+    free_str_list(cfg->grpc_stats.allow, cfg->grpc_stats.n_allow);
+    free(cfg->access_log.path);
+    free(cfg->access_log.format);
+    free_str_list(cfg->access_log.json_keys, cfg->access_log.n_json);
+    free_str_list(cfg->access_log.json_fmts, cfg->access_log.n_json);
     memset(cfg, 0, sizeof *cfg);
 }

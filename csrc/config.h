@@ -56,7 +56,7 @@ struct nu_cluster_cfg {
     int port;
     int http2;
     int connect_timeout_ms;
-    int idle_timeout_ms; /* a pooled connection without streams that long is closed; 0: never */
+    int idle_timeout_ms;               /* a pooled connection without streams that long is closed; 0: never */
     struct nu_endpoint_cfg *endpoints; /* from the native config; none: resolve host:port */
     size_t n_endpoints;
     int lb_policy;
@@ -100,11 +100,32 @@ struct nu_outlier_cfg {
     int max_ejection_percent;
 };
 
+/* Module grpc_stats (Envoy's grpc_stats filter): per-method gRPC series. */
+struct nu_grpc_stats_cfg {
+    int enabled;
+    int all_methods;
+    int upstream_stats;
+    char **allow; /* "pkg.Service/Method", or "pkg.Service/" for all its methods; n_allow > 0: an allowlist */
+    size_t n_allow;
+};
+
+/* The access log (Module envoy_log_type / envoy_log_format / envoy_log_path). */
+struct nu_access_log_cfg {
+    int enabled;
+    int json;         /* envoy_log_type json: one JSON object per line */
+    char *path;       /* "/dev/stdout" by default (Envoy's /dev/fd/1) */
+    char *format;     /* text: Envoy command operators; NULL: Envoy's default format */
+    char **json_keys; /* json: key i is rendered from json_fmts[i] */
+    char **json_fmts;
+    size_t n_json;
+};
+
 /* Envoy's stream_idle_timeout default, for routes without idle_timeout_ms. */
 #define NU_DEFAULT_STREAM_IDLE_TIMEOUT_MS 300000
 
 struct nu_config {
-    int workers;
+    int workers;          /* 0: auto (one per core) */
+    int drain_timeout_ms; /* SIGTERM: in-flight streams get this long to finish */
     int log_level;
     int admin_enabled;
     char *admin_address;
@@ -116,12 +137,16 @@ struct nu_config {
     struct nu_route_policy *policies; /* at least one: [0] is the default */
     size_t n_policies;
     struct nu_outlier_cfg outlier;
-    char *server_name;               /* the `server` response header (Module server_name) */
-    int listener_idle_timeout_ms;    /* downstream connection without streams: GOAWAY after this; 0: never */
-    int enable_grpc_web;             /* Module enable_grpc_web (present): translate gRPC-Web requests */
-    int enable_grpc_http11_bridge;   /* Module enable_grpc_http11_bridge (present): HTTP/1.1 gRPC clients */
-    int enable_http10;               /* Module enable_http10: serve HTTP/1.0 requests (else 426) */
-    int request_headers_timeout_ms;  /* preface and each header block must arrive within this; 0: no limit */
+    char *server_name;              /* the `server` response header (Module server_name) */
+    int listener_idle_timeout_ms;   /* downstream connection without streams: GOAWAY after this; 0: never */
+    int enable_grpc_web;            /* Module enable_grpc_web (present): translate gRPC-Web requests */
+    int enable_grpc_http11_bridge;  /* Module enable_grpc_http11_bridge (present): HTTP/1.1 gRPC clients */
+    int enable_http10;              /* Module enable_http10: serve HTTP/1.0 requests (else 426) */
+    int request_headers_timeout_ms; /* preface and each header block must arrive within this; 0: no limit */
+    char **route_names;             /* model.routes[i].name, for metrics and logs */
+    size_t n_routes;
+    struct nu_grpc_stats_cfg grpc_stats;
+    struct nu_access_log_cfg access_log;
     struct nu_tls_cfg *tls_contexts; /* termination certificates */
     size_t n_tls_contexts;
 };

@@ -47,6 +47,8 @@ static void conn_free(struct worker_defer *d)
     if (c->all_next)
         c->all_next->all_prev = c->all_prev;
     c->w->live_conns--;
+    if (c->owner_release)
+        c->owner_release(c->owner);
     free(c);
 }
 

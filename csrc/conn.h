@@ -36,6 +36,10 @@ struct conn_handler {
     void (*on_close)(struct conn *c, int err);
     /* Free the codec object (called from the sweep). */
     void (*free)(void *codec);
+    /* Shutting down (downstream codecs): finish what is in flight, take
+     * nothing new. Called twice: first a warning (final 0; HTTP/2's shutdown
+     * notice), then final 1 a moment later. NULL: the conn is simply closed. */
+    void (*drain)(struct conn *c, int final);
 };
 
 #define CONN_WBUF_HIGH (256 * 1024)
@@ -62,6 +66,9 @@ struct conn {
     struct tls_client *tls_client; /* upstream: TLS after the TCP connect */
     conn_ready_fn ready;
     void *ready_arg;
+    /* What the conn holds a reference on (its listener's front); released when it is freed. */
+    void *owner;
+    void (*owner_release)(void *owner);
     unsigned in_pending : 1;
     unsigned connecting : 1;
     unsigned closing : 1;

@@ -113,3 +113,32 @@ int grpc_bridge_finish(struct msg *resp)
     hdr_clear(&resp->trailers);
     return rc ? NU_ERR_NOMEM : NU_OK;
 }
+
+void grpc_msg_count(struct grpc_msg_counter *c, const uint8_t *p, size_t n)
+{
+    const uint8_t *end = p + n;
+    while (p < end) {
+        if (c->state == 5) {
+            /* the payload: skip it whole, however large the length said */
+            size_t k = (size_t)(end - p) < c->left ? (size_t)(end - p) : c->left;
+            p += k;
+            c->left -= (uint32_t)k;
+            if (!c->left)
+                c->state = 0;
+            continue;
+        }
+        uint8_t b = *p++;
+        if (c->state == 0) {
+            c->msgs++;
+            c->len = 0;
+            c->state = 1;
+            continue;
+        }
+        c->len = c->len << 8 | b;
+        if (++c->state == 5) {
+            c->left = c->len;
+            if (!c->left)
+                c->state = 0;
+        }
+    }
+}

@@ -35,4 +35,18 @@ int grpc_bridge_finish(struct msg *resp);
  * length written (dst must hold 3*n bytes), never more than cap. */
 size_t grpc_message_encode(const char *src, size_t n, char *dst, size_t cap);
 
+#include <stdint.h>
+
+/* Counts gRPC messages in a body fed in pieces of any size (each message: a
+ * flag byte, a 4-byte big-endian length, the payload). A message counts when
+ * its first byte arrives, as Envoy's FrameInspector counts frames. Zero it to start. */
+struct grpc_msg_counter {
+    uint64_t msgs; /* messages whose frame has started */
+    uint32_t left; /* payload bytes of the current message still to skip */
+    uint32_t len;  /* the length being read */
+    uint8_t state; /* 0: at a flag byte; 1..4: in the header, state - 1 length bytes read; 5: in the payload */
+};
+/* O(n); never copies or looks at payload bytes. */
+void grpc_msg_count(struct grpc_msg_counter *c, const uint8_t *p, size_t n);
+
 #endif

@@ -39,41 +39,42 @@ struct h1s {
     void *open_arg;
     struct h1s_opts o;
     http_parser parser;
-    struct buf in;          /* owned: bytes read and not parsed yet (pipelined, or held back) */
-    struct buf head;        /* owned: the URL, then names and values, of the message being read */
-    struct h1s_field *fld;  /* owned: fields of that message (the head's, then its trailers') */
+    struct buf in;         /* owned: bytes read and not parsed yet (pipelined, or held back) */
+    struct buf head;       /* owned: the URL, then names and values, of the message being read */
+    struct h1s_field *fld; /* owned: fields of that message (the head's, then its trailers') */
     uint32_t nfld, capfld;
     uint32_t url_len;
-    int last_was_value;     /* the next field piece starts a new field */
+    int last_was_value; /* the next field piece starts a new field */
     size_t trailer_bytes;
-    int scan;               /* SCAN_* */
+    int scan; /* SCAN_* */
     size_t line_len, head_len;
     int line_no;
-    struct exchange *x;     /* the request being read or answered; NULL between requests */
+    struct exchange *x; /* the request being read or answered; NULL between requests */
     uint64_t nreq;
-    int body_mode;          /* H1S_BODY_* */
-    uint64_t body_left;     /* H1S_BODY_LENGTH: bytes still owed */
-    int reject_status;      /* set by a parser callback: answer this and close */
+    int body_mode;      /* H1S_BODY_* */
+    uint64_t body_left; /* H1S_BODY_LENGTH: bytes still owed */
+    int reject_status;  /* set by a parser callback: answer this and close */
     const char *reject_why;
     uint32_t abort_code;
     ev_timer idle_timer, hdr_timer;
     struct worker_defer defer; /* freed from the sweep after HTTP/2 took the connection over */
-    unsigned in_msg : 1;        /* a request's first byte was parsed and it has not ended */
-    unsigned head_ready : 1;    /* parser paused at the end of a head */
-    unsigned msg_done : 1;      /* parser paused at the end of a message until it is answered */
-    unsigned body_blocked : 1;  /* parser paused: too much request body not taken yet */
+    unsigned in_msg : 1;       /* a request's first byte was parsed and it has not ended */
+    unsigned head_ready : 1;   /* parser paused at the end of a head */
+    unsigned msg_done : 1;     /* parser paused at the end of a message until it is answered */
+    unsigned body_blocked : 1; /* parser paused: too much request body not taken yet */
     unsigned in_trailers : 1;
-    unsigned end_reported : 1;  /* on_end was told for the current exchange */
+    unsigned end_reported : 1; /* on_end was told for the current exchange */
     unsigned resp_started : 1;
     unsigned resp_done : 1;
     unsigned keep_alive : 1;
-    unsigned close_after : 1;   /* close once the output is written */
-    unsigned dead : 1;          /* input is ignored from now on */
-    unsigned abort : 1;         /* close now: an HTTP/1 stream can only be reset this way */
+    unsigned close_after : 1; /* close once the output is written */
+    unsigned draining : 1;    /* shutting down: no keep-alive for the next answers */
+    unsigned dead : 1;        /* input is ignored from now on */
+    unsigned abort : 1;       /* close now: an HTTP/1 stream can only be reset this way */
     unsigned expect_continue : 1;
     unsigned is_head : 1;
     unsigned http10 : 1;
-    unsigned sniffing : 1;      /* the first bytes may still be the HTTP/2 preface */
+    unsigned sniffing : 1; /* the first bytes may still be the HTTP/2 preface */
 };
 
 static const struct side_ops h1s_ops;
@@ -495,7 +496,9 @@ static int fill_request(struct h1s *s, struct exchange *x, int host_at, const ch
     const char *auth = fvalue(s, &s->fld[host_at]);
     size_t al = s->fld[host_at].vlen;
     /* absolute-form (a client talking to a proxy): its authority wins over Host (RFC 7230 5.4) */
-    size_t skip = ul >= 7 && strncasecmp(url, "http://", 7) == 0 ? 7 : ul >= 8 && strncasecmp(url, "https://", 8) == 0 ? 8 : 0;
+    size_t skip = ul >= 7 && strncasecmp(url, "http://", 7) == 0    ? 7
+                  : ul >= 8 && strncasecmp(url, "https://", 8) == 0 ? 8
+                                                                    : 0;
     if (skip) {
         size_t e = skip;
         while (e < ul && url[e] != '/' && url[e] != '?' && url[e] != '#')
@@ -526,7 +529,8 @@ static int fill_request(struct h1s *s, struct exchange *x, int host_at, const ch
             continue;
         if (f->nlen < sizeof name) {
             for (uint32_t k = 0; k < f->nlen; k++)
-                name[k] = (char)((fname(s, f)[k] >= 'A' && fname(s, f)[k] <= 'Z') ? fname(s, f)[k] + 32 : fname(s, f)[k]);
+                name[k] =
+                    (char)((fname(s, f)[k] >= 'A' && fname(s, f)[k] <= 'Z') ? fname(s, f)[k] + 32 : fname(s, f)[k]);
             if (h2_is_hop_by_hop(name, f->nlen, fvalue(s, f), f->vlen))
                 continue;
             /* We answer 100-continue ourselves (Envoy's default); the upstream need not. */
@@ -588,7 +592,7 @@ static void head_done(struct h1s *s)
     s->end_reported = 0;
     s->body_mode = H1S_BODY_NONE;
     s->body_left = 0;
-    s->keep_alive = http_should_keep_alive(&s->parser) != 0;
+    s->keep_alive = http_should_keep_alive(&s->parser) != 0 && !s->draining;
     s->is_head = s->parser.method == HTTP_HEAD;
     s->http10 = s->parser.http_minor == 0;
     s->expect_continue = !s->http10 && wants_continue(s);
@@ -598,8 +602,8 @@ static void head_done(struct h1s *s)
         return;
     }
     /* No Content-Length and not chunked: the request has no body (RFC 7230 3.3.3). */
-    int bodyless = !(s->parser.flags & F_CHUNKED) &&
-                   (s->parser.content_length == 0 || s->parser.content_length == ULLONG_MAX);
+    int bodyless =
+        !(s->parser.flags & F_CHUNKED) && (s->parser.content_length == 0 || s->parser.content_length == ULLONG_MAX);
     if (bodyless)
         x->req.end = 1;
     reset_head(s);
@@ -996,11 +1000,27 @@ static void h1s_on_close(struct conn *c, int err)
         detach(s, s->abort ? s->abort_code : NGHTTP2_CANCEL, err == NU_OK ? NU_ERR_CLOSED : err, NULL);
 }
 
+/* Shutting down: the answer in progress says `connection: close` (or, if
+ * its head is already out, the connection closes after it); an idle
+ * keep-alive connection closes now. */
+static void h1s_drain(struct conn *c, int final)
+{
+    struct h1s *s = c->codec;
+    s->draining = 1;
+    s->keep_alive = 0;
+    if (!s->x && !s->in_msg) {
+        s->close_after = 1;
+        s->dead = 1;
+        conn_want_write(c);
+    }
+}
+
 static const struct conn_handler h1s_handler = {
     .on_read = h1s_on_read,
     .fill = h1s_fill,
     .on_close = h1s_on_close,
     .free = h1s_free,
+    .drain = h1s_drain,
 };
 
 int h1s_attach(struct conn *c, h1s_open_fn open, void *arg, const struct h1s_opts *o)

@@ -311,8 +311,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     return 0;
 }
 
-static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
-                              void *ud)
+static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *ud)
 {
     struct exchange *x = stream_x(ng, id);
     if (!x) {
@@ -347,8 +346,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     return 0;
 }
 
-static ssize_t read_response_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
-                                  uint32_t *data_flags, nghttp2_data_source *source, void *ud)
+static ssize_t read_response_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length, uint32_t *data_flags,
+                                  nghttp2_data_source *source, void *ud)
 {
     struct exchange *x = source->ptr;
     /* NO_COPY: send_response_data moves the bytes straight from the queue to
@@ -478,8 +477,7 @@ static int h2s_fill(struct conn *c)
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
         if (n < 0) {
-            nu_log(NU_LOG_WARN, "[c%llu] HTTP/2 send error: %s", (unsigned long long)c->id,
-                   nghttp2_strerror((int)n));
+            nu_log(NU_LOG_WARN, "[c%llu] HTTP/2 send error: %s", (unsigned long long)c->id, nghttp2_strerror((int)n));
             return NU_ERR_PROTO;
         }
         if (n == 0)
@@ -519,11 +517,35 @@ static void h2s_free(void *codec)
     free(s);
 }
 
+/* Shutting down: first the shutdown notice (a GOAWAY with the highest
+ * stream id: streams the client is opening right now still count), then the
+ * real GOAWAY naming the last stream we took. Streams in flight finish; the
+ * connection closes once none is left (h2s_fill sees nghttp2 wants nothing). */
+static void h2s_drain(struct conn *c, int final)
+{
+    struct h2s *s = c->codec;
+    if (s->terminating)
+        return;
+    if (!s->heard_client) {
+        conn_close(c, NU_ERR_CLOSED);
+        return;
+    }
+    int rc = final ? nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng),
+                                           NGHTTP2_NO_ERROR, NULL, 0)
+                   : nghttp2_submit_shutdown_notice(s->ng);
+    if (rc != 0) {
+        conn_close(c, NU_ERR_NOMEM);
+        return;
+    }
+    conn_want_write(c);
+}
+
 static const struct conn_handler h2s_handler = {
     .on_read = h2s_on_read,
     .fill = h2s_fill,
     .on_close = h2s_on_close,
     .free = h2s_free,
+    .drain = h2s_drain,
 };
 
 int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams, double idle_timeout,

@@ -27,6 +27,7 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
             return;
         }
         struct conn *c = conn_accepted(l->w, fd, (struct sockaddr *)&ss);
+        l->w->accepted++;
         if (!c) {
             nu_log(NU_LOG_ERROR, "listener %s: out of memory accepting a connection", l->name);
             close(fd);
@@ -89,6 +90,8 @@ struct listener *listener_open(struct worker *w, const char *name, const char *a
     l->attach = attach;
     l->arg = arg;
     snprintf(l->name, sizeof l->name, "%s", name);
+    snprintf(l->address, sizeof l->address, "%s", address);
+    l->want_port = port;
     ev_io_init(&l->io, on_accept, fd, EV_READ);
     ev_io_start(w->loop, &l->io);
     l->next = w->listeners;

@@ -17,8 +17,10 @@ struct listener {
     ev_io io;
     listener_attach_fn attach;
     void *arg;
-    int port; /* the bound port (useful when 0 was asked for) */
+    int port;      /* the bound port (useful when 0 was asked for) */
+    int want_port; /* the configured one: a reload keeps the socket when address and port stay */
     char name[128];
+    char address[128];
 };
 
 /* Binds address:port (SO_REUSEPORT, so workers can each bind it). */

@@ -7,6 +7,7 @@
 #include <time.h>
 
 int nu_log_level = NU_LOG_INFO;
+int nu_log_level_locked;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 

@@ -11,6 +11,7 @@ enum nu_log_level {
 };
 
 extern int nu_log_level;
+extern int nu_log_level_locked; /* set by --log-level: the config's log_level does not apply */
 
 #define nu_log_enabled(level) ((level) >= nu_log_level)
 

@@ -22,8 +22,7 @@
 int luaopen_nuncio_yaml(lua_State *L); /* yaml.c */
 
 /* Registry keys of the runtime's phase functions, filled at load. */
-static const char *const phase_fn[LB_PHASE_COUNT] = {"request_headers", "response_headers", "response_trailers",
-                                                     "log"};
+static const char *const phase_fn[LB_PHASE_COUNT] = {"request_headers", "response_headers", "response_trailers", "log"};
 static const char RUNTIME_KEY[] = "nuncio.runtime";
 
 static int append_dir(luaL_Buffer *b, const char *dir)
@@ -159,8 +158,7 @@ static void log_list(lua_State *L, int idx, int level, const char *what)
     }
 }
 
-int lua_bridge_load_config(struct lua_State *L, const struct lua_bridge_opts *o, struct nu_config *cfg,
-                           int validate_only)
+int lua_bridge_load_config(struct lua_State *L, const struct lua_bridge_opts *o, struct nu_config *cfg, int mode)
 {
     int top = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
@@ -172,15 +170,20 @@ int lua_bridge_load_config(struct lua_State *L, const struct lua_bridge_opts *o,
     }
     push_string_list(L, o->ambassador, o->n_ambassador);
     lua_setfield(L, -2, "ambassador");
-    lua_pushboolean(L, validate_only);
+    lua_pushboolean(L, mode == LB_LOAD_VALIDATE);
     lua_setfield(L, -2, "validate_only");
+    lua_pushboolean(L, mode == LB_LOAD_STAGE || mode == LB_LOAD_STAGE_QUIET);
+    lua_setfield(L, -2, "stage");
     if (lua_pcall(L, 1, 3, 0) != 0) {
         nu_log(NU_LOG_ERROR, "configuration: %s", lua_tostring(L, -1));
         lua_settop(L, top);
         return NU_ERR_CONFIG;
     }
     int model = top + 2, errs = top + 3, warns = top + 4;
-    log_list(L, warns, NU_LOG_WARN, "config: ");
+    /* Workers load what the control thread already checked and reported. */
+    int quiet = mode == LB_LOAD_STAGE_QUIET;
+    if (!quiet)
+        log_list(L, warns, NU_LOG_WARN, "config: ");
     if (lua_isnil(L, model)) {
         log_list(L, errs, NU_LOG_ERROR, "config error: ");
         lua_settop(L, top);
@@ -194,29 +197,32 @@ int lua_bridge_load_config(struct lua_State *L, const struct lua_bridge_opts *o,
     return rc;
 }
 
-/* Caches per worker which phases have work, so empty phases cost nothing. */
-static void load_wants(struct worker *w)
+static void call_runtime(lua_State *L, const char *fn)
 {
-    lua_State *L = w->L;
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
+    lua_getfield(L, -1, fn);
+    if (lua_pcall(L, 0, 0, 0) != 0)
+        nu_log(NU_LOG_ERROR, "runtime.%s: %s", fn, lua_tostring(L, -1));
+    lua_settop(L, top);
+}
+
+void lua_bridge_commit(struct lua_State *L, unsigned char wants[LB_PHASE_COUNT])
+{
+    call_runtime(L, "commit");
     lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
     lua_getfield(L, -1, "wants");
     for (int p = 0; p < LB_PHASE_COUNT; p++) {
         lua_getfield(L, -1, phase_fn[p]);
-        w->lua_wants[p] = (unsigned char)lua_toboolean(L, -1);
+        wants[p] = (unsigned char)lua_toboolean(L, -1);
         lua_pop(L, 1);
     }
     lua_pop(L, 2);
 }
 
-void lua_bridge_attach(struct worker *w, struct lua_State *L)
+void lua_bridge_discard(struct lua_State *L)
 {
-    w->L = L;
-    load_wants(w);
-}
-
-int lua_bridge_wants(struct worker *w, int phase)
-{
-    return w->lua_wants[phase];
+    call_runtime(L, "discard");
 }
 
 /* Turns a finished (or yielded) phase into an lb_result, logging filter errors

@@ -1,12 +1,9 @@
-/* nuncio: command line, signals, and the worker's life. No protocol code. */
-#include "config.h"
+/* nuncio: the command line. The process's life is control.c's. */
+#include "control.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "nuncio.h"
-#include "tls.h"
-#include "worker.h"
 
-#include <ev.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,29 +22,29 @@ static void usage(FILE *f)
                "  -c, --config FILE      native configuration (e.g. conf/nuncio.yaml)\n"
                "  -a, --ambassador PATH  Ambassador resources: a YAML file or a folder (repeatable)\n"
                "  -L, --lua-path DIR     search DIR for Lua modules and filters first (repeatable)\n"
-               "  -t, --test             validate the configuration and exit (0 valid, 1 invalid)\n"
+               "  -t, --test             validate the configuration, print a route summary, exit (0 valid, 1 invalid)\n"
+               "      --dump-routes      with -t: print every route in evaluation order\n"
                "  -l, --log-level LEVEL  debug, info, warn or error (overrides the config)\n"
                "  -v, --version          print the version and exit\n"
                "  -h, --help             this text\n");
 }
 
-static void on_stop_signal(struct ev_loop *loop, ev_signal *s, int revents)
-{
-    nu_log(NU_LOG_INFO, "signal %d: shutting down", s->signum);
-    ev_break(loop, EVBREAK_ALL);
-}
-
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'},   {"ambassador", required_argument, NULL, 'a'},
-        {"lua-path", required_argument, NULL, 'L'}, {"test", no_argument, NULL, 't'},
-        {"log-level", required_argument, NULL, 'l'}, {"version", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"ambassador", required_argument, NULL, 'a'},
+        {"lua-path", required_argument, NULL, 'L'},
+        {"test", no_argument, NULL, 't'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"dump-routes", no_argument, NULL, 'R'},
+        {NULL, 0, NULL, 0},
     };
     const char *amb[MAX_PATHS], *lpath[MAX_PATHS];
     struct lua_bridge_opts o = {.ambassador = amb, .lua_path = lpath};
-    int validate_only = 0, cli_level = -1, opt;
+    int validate_only = 0, dump_routes = 0, cli_level = -1, opt;
     while ((opt = getopt_long(argc, argv, "c:a:L:tl:vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
@@ -68,6 +65,9 @@ int main(int argc, char **argv)
         case 't':
             validate_only = 1;
             break;
+        case 'R':
+            dump_routes = 1;
+            break;
         case 'l':
             cli_level = nu_log_parse_level(optarg);
             if (cli_level < 0) {
@@ -75,6 +75,7 @@ int main(int argc, char **argv)
                 return 2;
             }
             nu_log_level = cli_level;
+            nu_log_level_locked = 1;
             break;
         case 'v':
             printf("nuncio %s\n", NUNCIO_VERSION);
@@ -98,58 +99,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-
-    struct lua_State *L = lua_bridge_new(&o);
-    if (!L)
-        return 1;
-    struct nu_config cfg;
-    if (lua_bridge_load_config(L, &o, &cfg, validate_only) != NU_OK) {
-        fprintf(stderr, "nuncio: the configuration is invalid (errors above)\n");
-        lua_bridge_close(L);
-        return 1;
-    }
-    char tls_err[512];
-    if (tls_config_check(&cfg, tls_err, sizeof tls_err) != NU_OK) {
-        nu_log(NU_LOG_ERROR, "config error: %s", tls_err);
-        fprintf(stderr, "nuncio: the configuration is invalid (errors above)\n");
-        config_free(&cfg);
-        lua_bridge_close(L);
-        return 1;
-    }
-    if (validate_only) {
-        printf("nuncio: configuration OK (%zu listener(s), %zu cluster(s))\n", cfg.n_listeners, cfg.n_clusters);
-        config_free(&cfg);
-        lua_bridge_close(L);
-        return 0;
-    }
-    if (cli_level < 0)
-        nu_log_level = cfg.log_level;
-    if (cfg.workers > 1)
-        nu_log(NU_LOG_WARN, "workers: %d requested; this release runs a single worker", cfg.workers);
-
-    struct ev_loop *loop = ev_default_loop(0);
-    struct worker w;
-    worker_init(&w, loop, &cfg);
-    lua_bridge_attach(&w, L);
-    int rc = worker_start(&w);
-    if (rc != NU_OK) {
-        nu_log(NU_LOG_ERROR, "cannot start: %s", nu_strerror(rc));
-    } else {
-        nu_log(NU_LOG_INFO, "nuncio %s ready", NUNCIO_VERSION);
-        ev_signal sigint, sigterm;
-        ev_signal_init(&sigint, on_stop_signal, SIGINT);
-        ev_signal_init(&sigterm, on_stop_signal, SIGTERM);
-        ev_signal_start(loop, &sigint);
-        ev_signal_start(loop, &sigterm);
-        ev_run(loop, 0);
-        ev_signal_stop(loop, &sigint);
-        ev_signal_stop(loop, &sigterm);
-    }
-    worker_stop(&w);
-    worker_destroy(&w);
-    lua_bridge_close(L);
-    config_free(&cfg);
-    ev_loop_destroy(loop);
-    nu_log(NU_LOG_INFO, "stopped");
-    return rc == NU_OK ? 0 : 1;
+    if (validate_only || dump_routes)
+        return control_check(&o, dump_routes);
+    return control_run(&o);
 }

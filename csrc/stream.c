@@ -1,4 +1,7 @@
 #include "stream.h"
+#include "gen.h"
+#include "access_log.h"
+#include "stats.h"
 #include "config.h"
 #include "conn.h"
 #include "grpc.h"
@@ -25,7 +28,7 @@ static struct stream *st_of(struct exchange *x)
 
 static const struct nu_route_policy *policy_of(const struct stream *st)
 {
-    return &st->w->cfg->policies[st->policy];
+    return &st->gen->cfg.policies[st->policy];
 }
 
 /* Every reset of the upstream side that we decide goes through here, so the
@@ -57,9 +60,100 @@ static void log_line(struct stream *st, const char *what)
         snprintf(tries, sizeof tries, " attempts=%d", st->attempts);
     nu_log(NU_LOG_INFO, "[c%llu s%llu] %s %.*s %.*s %.*s grpc-status=%.*s in=%llu out=%llu %.1fms%s%s%s",
            (unsigned long long)st->conn_id, (unsigned long long)st->id, st->peer, (int)ml, m ? m : "-", (int)pl,
-           p ? p : "-", (int)sl, s ? s : "-", (int)(g ? gl : 1), g ? g : "-",
-           (unsigned long long)st->x.req.body_bytes, (unsigned long long)st->x.resp.body_bytes, ms, tries,
-           what ? " " : "", what ? what : "");
+           p ? p : "-", (int)sl, s ? s : "-", (int)(g ? gl : 1), g ? g : "-", (unsigned long long)st->x.req.body_bytes,
+           (unsigned long long)st->x.resp.body_bytes, ms, tries, what ? " " : "", what ? what : "");
+}
+
+static int parse_status(const char *s, size_t n)
+{
+    int v = 0;
+    for (size_t i = 0; i < n && i < 4; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return n ? v : -1;
+}
+
+/* Counts the finished exchange in the worker's metrics and writes its access
+ * log line (into the worker's buffer; the sweep hands it to the writer). */
+static void record(struct stream *st)
+{
+    struct worker *w = st->w;
+    if (!w || !st->gen)
+        return;
+    const struct nu_config *cfg = &st->gen->cfg;
+    double now = ev_now(w->loop);
+    size_t sl = 0, gl = 0, pl = 0;
+    const char *s = hdr_get(&st->x.resp.hdrs, HDR_LIT(":status"), &sl);
+    int status = s ? parse_status(s, sl) : 0;
+    const char *g = hdr_get(&st->x.resp.trailers, HDR_LIT("grpc-status"), &gl);
+    if (!g)
+        g = hdr_get(&st->x.resp.hdrs, HDR_LIT("grpc-status"), &gl);
+    if (!g && st->gw && st->gw->status[0])
+        g = st->gw->status, gl = strlen(g);
+    int grpc_status = (st->flags & ST_F_GRPC) && g ? parse_status(g, gl) : -1;
+    char path[512];
+    const char *grpc_path = NULL;
+    if (st->flags & ST_F_GRPC) {
+        /* The path the upstream saw: a Mapping may have rewritten the client's. */
+        const char *p = hdr_get(&st->x.req.hdrs, HDR_LIT(":path"), &pl);
+        if (p && pl < sizeof path) {
+            memcpy(path, p, pl);
+            path[pl] = '\0';
+            grpc_path = path;
+        }
+    }
+    const char *route = st->route >= 0 && (size_t)st->route < cfg->n_routes ? cfg->route_names[st->route] : "";
+    const char *cluster =
+        st->cluster >= 0 && (size_t)st->cluster < cfg->n_clusters ? cfg->clusters[st->cluster].name : "";
+    if (w->stats) {
+        struct stats_req r = {
+            .route = route,
+            .cluster = cluster,
+            .grpc_path = grpc_path,
+            .status = status < 0 ? 0 : status,
+            .grpc_status = grpc_status,
+            .seconds = now - st->started,
+            .upstream_seconds = st->up_started > 0 ? now - st->up_started : -1,
+            .bytes_in = st->x.req.body_bytes,
+            .bytes_out = st->x.resp.body_bytes,
+            .req_msgs = (uint32_t)st->req_msgs.msgs,
+            .resp_msgs = (uint32_t)st->resp_msgs.msgs,
+        };
+        stats_request(w->stats, &r, st->gen->grpc.enabled ? &st->gen->grpc : NULL);
+    }
+    if (st->gen->alog && w->albuf) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double unix_now = (double)ts.tv_sec + ts.tv_nsec / 1e9;
+        char up[64] = "";
+        if (st->last_ep)
+            conn_format_addr((const struct sockaddr *)&st->last_ep->addr, up, sizeof up);
+        struct access_log_rec rec = {
+            .start_time = unix_now - (now - st->started),
+            .req = &st->x.req.hdrs,
+            .resp = &st->x.resp.hdrs,
+            .trailers = &st->x.resp.trailers,
+            .protocol = st->x.down.http1 ? "HTTP/1.1" : "HTTP/2",
+            .response_code = status < 0 ? 0 : status,
+            .response_flags = NULL,
+            .response_code_details = st->details,
+            .bytes_received = st->x.req.body_bytes,
+            .bytes_sent = st->x.resp.body_bytes,
+            .duration_ms = (int64_t)((now - st->started) * 1000.0),
+            .response_duration_ms = -1,
+            .upstream_service_time_ms = -1,
+            .upstream_host = up[0] ? up : NULL,
+            .upstream_cluster = cluster,
+            .route_name = route,
+            .downstream_remote_address = st->peer,
+            .grpc_status = grpc_status,
+            .connection_id = st->conn_id,
+            .attempts = st->attempts,
+        };
+        access_log_write(w->albuf, st->gen->alog, &rec);
+    }
 }
 
 static void stream_free_deferred(struct worker_defer *d)
@@ -88,6 +182,8 @@ void stream_free(struct stream *st)
     free(st->details);
     if (st->w)
         st->w->live_streams--;
+    if (st->gen)
+        gen_unref(st->gen);
     free(st);
 }
 
@@ -190,7 +286,7 @@ static void send_response_headers(struct stream *st)
         return;
     }
     st->flags |= ST_F_RESP_STARTED;
-    const char *server = st->w->cfg->server_name;
+    const char *server = st->gen ? st->gen->cfg.server_name : NULL;
     if (server && hdr_set(&st->x.resp.hdrs, HDR_LIT("server"), server, strlen(server)) != NU_OK) {
         st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
         return;
@@ -312,7 +408,8 @@ static void maybe_start_timer(struct stream *st)
         st->flags |= ST_F_TIMER;
     }
     int per_try = policy_of(st)->per_try_timeout_ms;
-    if (per_try > 0 && st->x.up.ops && !(st->flags & (ST_F_TRY_TIMER | ST_F_RETRY_WAIT | ST_F_RETRY_PENDING | ST_F_RESP_STARTED)) &&
+    if (per_try > 0 && st->x.up.ops &&
+        !(st->flags & (ST_F_TRY_TIMER | ST_F_RETRY_WAIT | ST_F_RETRY_PENDING | ST_F_RESP_STARTED)) &&
         !st->x.up.headers_seen) {
         ev_timer_init(&st->try_timer, on_try_timeout, per_try / 1000.0, 0.);
         ev_timer_start(st->w->loop, &st->try_timer);
@@ -337,7 +434,8 @@ static void finish(struct stream *st)
     buf_free(&st->replay);
     lua_bridge_release(st->w, st); /* a filter still waiting for a body will not be resumed */
     log_line(st, st->details);
-    if (lua_bridge_wants(st->w, LB_PHASE_LOG))
+    record(st);
+    if (st->gen->lua_wants[LB_PHASE_LOG])
         lua_bridge_run(st->w, st, LB_PHASE_LOG);
     st->flags |= ST_F_LOGGED;
     st->lua_phase = -1;
@@ -353,6 +451,8 @@ struct exchange *stream_open(void *worker, struct conn *c)
         return NULL;
     }
     st->w = w;
+    st->gen = gen_ref(w->gen); /* the exchange finishes on the config it started on */
+    st->route = -1;
     st->id = ++w->next_stream_id;
     st->conn_id = c->id;
     st->local_port = c->local_port;
@@ -382,6 +482,7 @@ struct stream *stream_new_test(int grpc)
         return NULL;
     st->flags = ST_F_TEST | (grpc ? ST_F_GRPC : 0);
     st->cluster = -1;
+    st->route = -1;
     st->lua_phase = LB_PHASE_REQUEST_HEADERS;
     st->x.down.id = st->x.up.id = -1;
     snprintf(st->peer, sizeof st->peer, "127.0.0.1:0");
@@ -640,8 +741,9 @@ static void schedule_retry(struct stream *st, const char *why)
 {
     stop_try_timer(st);
     st->flags |= ST_F_RETRY_WAIT;
-    st->w->ups->retries++;
-    double d = retry_backoff_s(st->attempts, upstream_rand(st->w->ups));
+    st->gen->ups->retries++;
+    st->w->upstream_retries++;
+    double d = retry_backoff_s(st->attempts, upstream_rand(st->gen->ups));
     nu_log(NU_LOG_INFO, "[c%llu s%llu] %s: retrying in %.0f ms (attempt %d)", (unsigned long long)st->conn_id,
            (unsigned long long)st->id, why, d * 1000, st->attempts + 1);
     ev_timer_init(&st->try_timer, on_retry_backoff, d, 0.);
@@ -704,7 +806,7 @@ static void start_attempt(struct stream *st)
         return;
     }
     struct upstream_pick pick = {.peer = st->peer, .avoid = st->last_ep};
-    int rc = upstream_attach(st->w->ups, st->cluster, &st->x, &pick, &st->ep, &why);
+    int rc = upstream_attach(st->gen->ups, st->cluster, &st->x, &pick, &st->ep, &why);
     if (rc != NU_OK) {
         nu_log(NU_LOG_INFO, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id, why);
         if (rc != NU_ERR_CONFIG && can_retry(st, 0) && retry_on_reset(policy_of(st), RETRY_RESET_CONNECT)) {
@@ -750,6 +852,7 @@ static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
 static void start_upstream(struct stream *st)
 {
     st->flags |= ST_F_PROXYING;
+    st->up_started = ev_now(st->w->loop);
     /* Whatever body a filter already held is the replay's start. */
     if (st->x.req.body.bytes > replay_limit(st)) {
         drop_replay(st);
@@ -796,7 +899,7 @@ static void d_on_headers(struct exchange *x)
     struct stream *st = st_of(x);
     size_t n;
     const char *ct = hdr_get(&x->req.hdrs, HDR_LIT("content-type"), &n);
-    int web = st->w->cfg->enable_grpc_web ? grpc_web_kind(ct, n) : GRPC_WEB_NONE;
+    int web = st->gen->cfg.enable_grpc_web ? grpc_web_kind(ct, n) : GRPC_WEB_NONE;
     if (web || (ct && grpc_is_grpc_content_type(ct, n))) {
         /* A gRPC-Web call is translated into a gRPC one before the filters
          * see it (Envoy's filter order): deadlines, status mapping and retries apply. */
@@ -807,7 +910,7 @@ static void d_on_headers(struct exchange *x)
         }
         arm_grpc_deadline(st);
         /* HTTP/1.1 clients without trailers (Envoy's grpc_http1_bridge) */
-        if (!web && x->down.http1 && st->w->cfg->enable_grpc_http11_bridge)
+        if (!web && x->down.http1 && st->gen->cfg.enable_grpc_http11_bridge)
             st->flags |= ST_F_BRIDGE;
     }
     if (add_forwarding_headers(st) != NU_OK) {
@@ -840,6 +943,8 @@ static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
     st->last_active = ev_now(st->w->loop);
     if (st->gw && (gw_request_data(st, &p, &n) != NU_OK || n == 0))
         return; /* rejected, or only part of a base64 group so far */
+    if ((st->flags & ST_F_GRPC) && st->gen->cfg.grpc_stats.enabled)
+        grpc_msg_count(&st->req_msgs, p, n);
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 0) {
         hold_body(st, &x->req, p, n);
         st->req_credited += n; /* credited now: not again when an attempt takes it */
@@ -943,8 +1048,8 @@ static int map_non_grpc_response(struct stream *st)
         return 0;
     char msg[96];
     snprintf(msg, sizeof msg, "upstream answered HTTP %d%s", http, http == 200 ? " without a gRPC content-type" : "");
-    nu_log(NU_LOG_INFO, "[c%llu s%llu] gRPC request: %s", (unsigned long long)st->conn_id,
-           (unsigned long long)st->id, msg);
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] gRPC request: %s", (unsigned long long)st->conn_id, (unsigned long long)st->id,
+           msg);
     local_reply(st, http == 200 ? 500 : http, -1, msg, "upstream_non_grpc_response");
     return 1;
 }
@@ -986,7 +1091,7 @@ static void u_on_headers(struct exchange *x)
     /* A gRPC-Web client's non-gRPC answers are translated as Envoy's grpc_web filter does (send_response_headers). */
     if ((st->flags & ST_F_GRPC) && !st->gw && map_non_grpc_response(st))
         return;
-    if (!lua_bridge_wants(st->w, LB_PHASE_RESPONSE_HEADERS)) {
+    if (!st->gen->lua_wants[LB_PHASE_RESPONSE_HEADERS]) {
         send_response_headers(st);
         return;
     }
@@ -998,6 +1103,8 @@ static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
 {
     struct stream *st = st_of(x);
     st->last_active = ev_now(st->w->loop);
+    if ((st->flags & ST_F_GRPC) && st->gen->cfg.grpc_stats.enabled)
+        grpc_msg_count(&st->resp_msgs, p, n);
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 1) {
         /* Held for a filter; the client sees it once the filter is done. */
         hold_body(st, &x->resp, p, n);
@@ -1047,7 +1154,7 @@ static void u_on_end(struct exchange *x)
     }
     if (!x->down.ops || (st->flags & ST_F_REPLIED))
         return;
-    if (x->resp.trailers.n && lua_bridge_wants(st->w, LB_PHASE_RESPONSE_TRAILERS)) {
+    if (x->resp.trailers.n && st->gen->lua_wants[LB_PHASE_RESPONSE_TRAILERS]) {
         st->lua_phase = LB_PHASE_RESPONSE_TRAILERS;
         int rc = lua_bridge_run(st->w, st, LB_PHASE_RESPONSE_TRAILERS);
         st->lua_phase = -1;
@@ -1142,7 +1249,7 @@ static void u_on_close(struct exchange *x, uint32_t h2_error, int reason, const 
     int outcome = attempt_outcome(st);
     if (!st->up_status && reset_kind(h2_error, reason) == RETRY_RESET_REFUSED)
         outcome = UPSTREAM_NEUTRAL; /* refused (a GOAWAY's drain): never processed, not a failure */
-    upstream_done(st->w->ups, st->ep, outcome);
+    upstream_done(st->gen->ups, st->ep, outcome);
     st->ep = NULL;
     if (!(st->flags & ST_F_RETRY_WAIT))
         stop_try_timer(st);
@@ -1170,7 +1277,8 @@ static void u_on_close(struct exchange *x, uint32_t h2_error, int reason, const 
             return;
         }
         char why[400];
-        local_reply(st, 503, -1, reset_reason(reason, detail, why, sizeof why), "upstream_reset_before_response_started");
+        local_reply(st, 503, -1, reset_reason(reason, detail, why, sizeof why),
+                    "upstream_reset_before_response_started");
     } else if (st->flags & ST_F_GRPC) {
         end_grpc_call(st, GRPC_UNAVAILABLE,
                       reason == NU_ERR_CLOSED ? "upstream connection terminated" : "upstream stream reset");

@@ -7,6 +7,7 @@
 #include "lua_bridge.h"
 #include "nuncio.h"
 #include "stream.h"
+#include "gen.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -143,12 +144,13 @@ int nu_ffi_stream_flags(struct stream *st)
     return ((st->flags & ST_F_GRPC) ? 1 : 0) | ((st->flags & ST_F_SECURE) ? 2 : 0) | (st->x.down.http1 ? 4 : 0);
 }
 
-int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy)
+int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy, int route)
 {
     if (st->lua_phase != LB_PHASE_REQUEST_HEADERS || (st->flags & (ST_F_PROXYING | ST_F_REPLIED)))
         return NU_FFI_BAD_CONTEXT;
-    if (cluster < 0 || timeout_ms < 0 || policy < 0 || (st->w && (size_t)policy >= st->w->cfg->n_policies))
+    if (cluster < 0 || timeout_ms < 0 || policy < 0 || (st->gen && (size_t)policy >= st->gen->cfg.n_policies))
         return NU_FFI_ERROR;
+    st->route = st->gen && route >= 0 && (size_t)route < st->gen->cfg.n_routes ? route : -1;
     st->cluster = cluster;
     st->timeout_ms = timeout_ms;
     st->policy = policy;

@@ -205,8 +205,7 @@ struct upstream_set *upstream_set_new(struct worker *w, const struct nu_config *
         c->host = strdup(cc->host);
         c->hash_header = cc->hash_header ? strdup(cc->hash_header) : NULL;
         c->hash_cookie = cc->hash_cookie ? strdup(cc->hash_cookie) : NULL;
-        if (!c->name || !c->host || (cc->hash_header && !c->hash_header) ||
-            (cc->hash_cookie && !c->hash_cookie)) {
+        if (!c->name || !c->host || (cc->hash_header && !c->hash_header) || (cc->hash_cookie && !c->hash_cookie)) {
             upstream_set_free(u);
             return NULL;
         }
@@ -436,6 +435,7 @@ static void maybe_eject(struct upstream_set *u, struct upstream_endpoint *ep)
         secs = MAX_EJECTION_S;
     ep->ejected_until = now + secs;
     u->ejections++;
+    u->w->upstream_ejections++;
     nu_log(NU_LOG_WARN, "upstream %s: ejected for %.0f ms after %u failures in a row", ep->label, secs * 1000,
            ep->failures);
 }
@@ -469,6 +469,7 @@ static struct h2c *dial(struct upstream_set *u, struct upstream_endpoint *ep, co
         return NULL;
     }
     c->connects++;
+    u->w->upstream_connects++;
     h2c_set_idle_timeout(h, c->idle_timeout_ms / 1000.0);
     return h;
 }
@@ -529,6 +530,7 @@ static int attach_h1(struct upstream_set *u, struct upstream_endpoint *ep, struc
             return NU_ERR_IO;
         }
         c->connects++;
+        u->w->upstream_connects++;
         ep->h1_all[ep->n_h1++] = h;
         h1c_set_idle_timeout(h, c->idle_timeout_ms / 1000.0);
         if (h1c_submit(h, x) != NU_OK) {

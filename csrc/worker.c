@@ -1,19 +1,22 @@
 #include "worker.h"
-#include "admin.h"
+#include "access_log.h"
 #include "config.h"
 #include "conn.h"
+#include "control.h"
+#include "gen.h"
 #include "h1s.h"
 #include "h2_mem.h"
 #include "h2s.h"
 #include "listener.h"
-#include "stream.h"
-#include "tls.h"
-#include "upstream.h"
-
-#include <stdlib.h>
 #include "log.h"
+#include "lua_bridge.h"
 #include "nuncio.h"
+#include "stats.h"
+#include "stream.h"
 
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void worker_defer(struct worker *w, struct worker_defer *d)
@@ -65,6 +68,9 @@ void worker_sweep(struct worker *w)
                 conn_flush(c);
         }
     }
+    /* This iteration's access log lines go to the writer thread in one batch. */
+    if (w->albuf)
+        access_log_flush(w->albuf);
 }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *p, int revents)
@@ -73,15 +79,54 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *p, int revents)
     worker_sweep(w);
 }
 
-int worker_init(struct worker *w, struct ev_loop *loop, const struct nu_config *cfg)
+/* ------------------------------------------------------------ mailbox */
+
+int worker_post(struct worker *w, const struct mail *m)
+{
+    struct mail *copy = malloc(sizeof *copy);
+    if (!copy)
+        return NU_ERR_NOMEM;
+    *copy = *m;
+    copy->next = NULL;
+    pthread_mutex_lock(&w->mail_lock);
+    if (w->mail_tail)
+        w->mail_tail->next = copy;
+    else
+        w->mail_head = copy;
+    w->mail_tail = copy;
+    pthread_mutex_unlock(&w->mail_lock);
+    ev_async_send(w->loop, &w->wake);
+    return NU_OK;
+}
+
+static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
+{
+    struct worker *w = nu_container_of(a, struct worker, wake);
+    pthread_mutex_lock(&w->mail_lock);
+    struct mail *m = w->mail_head;
+    w->mail_head = w->mail_tail = NULL;
+    pthread_mutex_unlock(&w->mail_lock);
+    while (m) {
+        struct mail *next = m->next;
+        if (w->on_mail)
+            w->on_mail(w, m);
+        free(m);
+        m = next;
+    }
+}
+
+int worker_init(struct worker *w, struct ev_loop *loop, int index)
 {
     memset(w, 0, sizeof *w);
     w->loop = loop;
-    w->cfg = cfg;
+    w->index = index;
+    pthread_mutex_init(&w->mail_lock, NULL);
     ev_prepare_init(&w->sweep, on_prepare);
     ev_prepare_start(loop, &w->sweep);
     /* The sweep must not keep the loop alive on its own. */
     ev_unref(loop);
+    ev_async_init(&w->wake, on_wake);
+    ev_async_start(loop, &w->wake);
     return NU_OK;
 }
 
@@ -90,24 +135,26 @@ void worker_destroy(struct worker *w)
     worker_sweep(w);
     ev_ref(w->loop);
     ev_prepare_stop(w->loop, &w->sweep);
+    ev_async_stop(w->loop, &w->wake);
     h2_mem_free(w);
+    struct mail *m = w->mail_head;
+    while (m) {
+        struct mail *next = m->next;
+        if (m->alog)
+            access_log_unref(m->alog);
+        free(m);
+        m = next;
+    }
+    w->mail_head = w->mail_tail = NULL;
+    pthread_mutex_destroy(&w->mail_lock);
 }
 
-/* What a data listener hands each of its connections. */
-struct front {
-    struct front *next;
-    struct worker *w;
-    struct tls_server *tls; /* NULL: cleartext only */
-    int security_model;
-    int l7_depth;
-};
+/* ------------------------------------------------------------ accepting */
 
 static int attach_h2(struct conn *c, void *arg)
 {
     struct front *f = arg;
-    const struct nu_config *cfg = f->w->cfg;
-    return h2s_attach(c, stream_open, f->w, 1000, cfg->listener_idle_timeout_ms / 1000.0,
-                      cfg->request_headers_timeout_ms / 1000.0);
+    return h2s_attach(c, stream_open, f->w, 1000, f->idle_timeout, f->header_timeout);
 }
 
 /* The transport is ready (cleartext, or TLS after the handshake): decide
@@ -124,84 +171,346 @@ static int ready_front(struct conn *c, void *arg)
         nu_log(NU_LOG_DEBUG, "[c%llu] TLS from %s, ALPN %s", (unsigned long long)c->id, c->peer, alpn ? alpn : "none");
     if (alpn && strcmp(alpn, "h2") == 0)
         return attach_h2(c, f);
-    const struct nu_config *cfg = f->w->cfg;
     struct h1s_opts o = {
-        .idle_timeout = cfg->listener_idle_timeout_ms / 1000.0,
-        .header_timeout = cfg->request_headers_timeout_ms / 1000.0,
-        .enable_http10 = cfg->enable_http10,
-        .server_name = cfg->server_name,
+        .idle_timeout = f->idle_timeout,
+        .header_timeout = f->header_timeout,
+        .enable_http10 = f->enable_http10,
+        .server_name = f->server_name,
         .to_h2 = alpn ? NULL : attach_h2, /* ALPN http/1.1 was a promise: no sniffing */
         .to_h2_arg = f,
     };
     return h1s_attach(c, stream_open, f->w, &o);
 }
 
+static void release_front(void *f)
+{
+    front_unref(f);
+}
+
 static int attach_front(struct conn *c, void *arg)
 {
-    struct front *f = arg;
-    conn_accept_with(c, f->tls, f->w->cfg->request_headers_timeout_ms / 1000.0, ready_front, f);
+    struct front *f = front_ref(arg);
+    c->owner = f; /* the conn's reference: its TLS context and options outlive reloads */
+    c->owner_release = release_front;
+    conn_accept_with(c, f->tls, f->header_timeout, ready_front, f);
     return NU_OK;
 }
 
-int worker_start(struct worker *w)
+/* ------------------------------------------------------------ generations */
+
+static struct listener *find_listener(struct worker *w, const struct nu_listener_cfg *lc)
 {
-    const struct nu_config *cfg = w->cfg;
-    char err[512];
-    w->ups = upstream_set_new(w, cfg, err, sizeof err);
-    if (!w->ups) {
-        nu_log(NU_LOG_ERROR, "config error: %s", err);
-        return NU_ERR_CONFIG;
-    }
-    int rc;
+    for (struct listener *l = w->listeners; l; l = l->next)
+        if (l->attach == attach_front && l->want_port == lc->port && strcmp(l->address, lc->address) == 0)
+            return l;
+    return NULL;
+}
+
+static void close_listener(struct worker *w, struct listener *l)
+{
+    struct listener **pp = &w->listeners;
+    while (*pp != l)
+        pp = &(*pp)->next;
+    *pp = l->next;
+    if (l->attach == attach_front)
+        front_unref(l->arg);
+    listener_close(l);
+}
+
+/* Makes the worker's listeners those of g: sockets whose address and port
+ * stay are kept (no connection is refused during a reload), new ones are
+ * opened first so that a port that cannot be bound fails the reload before
+ * anything changed, and the rest are closed. */
+static int sync_listeners(struct worker *w, struct gen *g, char *err, size_t errlen)
+{
+    const struct nu_config *cfg = &g->cfg;
+    struct listener *opened[64];
+    size_t n_opened = 0;
+    int rc = NU_OK;
     for (size_t i = 0; i < cfg->n_listeners; i++) {
         const struct nu_listener_cfg *lc = &cfg->listeners[i];
-        struct front *f = calloc(1, sizeof *f);
-        if (!f)
-            return NU_ERR_NOMEM;
-        f->w = w;
-        f->security_model = lc->security_model;
-        f->l7_depth = lc->l7_depth;
-        f->next = w->fronts;
-        w->fronts = f;
-        if (lc->tls && !(f->tls = tls_server_new(cfg->tls_contexts, cfg->n_tls_contexts, err, sizeof err))) {
-            nu_log(NU_LOG_ERROR, "config error: listener %s: %s", lc->name, err);
-            return NU_ERR_CONFIG;
+        if (find_listener(w, lc))
+            continue;
+        if (n_opened == NU_ARRAY_LEN(opened)) {
+            snprintf(err, errlen, "more than %zu new listeners in one reload", NU_ARRAY_LEN(opened));
+            rc = NU_ERR_CONFIG;
+            break;
         }
-        struct listener *l = listener_open(w, lc->name, lc->address, lc->port, attach_front, f, &rc);
-        if (!l)
-            return rc;
-        nu_log(NU_LOG_INFO, "listener %s on %s:%d (%s)", lc->name, lc->address, l->port,
-               lc->tls ? "HTTPS: TLS with ALPN, and cleartext HTTP/1.1 and HTTP/2" : "cleartext HTTP/1.1 and HTTP/2");
+        struct listener *l =
+            listener_open(w, lc->name, lc->address, lc->port, attach_front, front_ref(g->fronts[i]), &rc);
+        if (!l) {
+            front_unref(g->fronts[i]);
+            snprintf(err, errlen, "listener %s: cannot listen on %s:%d", lc->name, lc->address, lc->port);
+            break;
+        }
+        opened[n_opened++] = l;
+        if (w->index == 0)
+            nu_log(NU_LOG_INFO, "listener %s on %s:%d (%s)", lc->name, lc->address, l->port,
+                   lc->tls ? "HTTPS: TLS with ALPN, and cleartext HTTP/1.1 and HTTP/2"
+                           : "cleartext HTTP/1.1 and HTTP/2");
     }
-    if (cfg->admin_enabled) {
-        struct listener *l = listener_open(w, "admin", cfg->admin_address, cfg->admin_port, admin_attach, w, &rc);
-        if (!l)
-            return rc;
-        nu_log(NU_LOG_INFO, "admin on %s:%d (/ready, /ambassador/v0/check_ready, /ambassador/v0/check_alive, /stats)",
-               cfg->admin_address, l->port);
+    if (rc != NU_OK) {
+        for (size_t i = 0; i < n_opened; i++)
+            close_listener(w, opened[i]);
+        return rc;
     }
-    w->ready = 1;
+    /* Every listener now serves g: kept ones take its front, the others close. */
+    struct listener *l = w->listeners;
+    while (l) {
+        struct listener *next = l->next;
+        if (l->attach == attach_front) {
+            size_t i = 0;
+            while (i < cfg->n_listeners &&
+                   !(l->want_port == cfg->listeners[i].port && strcmp(l->address, cfg->listeners[i].address) == 0))
+                i++;
+            if (i == cfg->n_listeners) {
+                if (w->index == 0)
+                    nu_log(NU_LOG_INFO, "listener %s on %s:%d closed (not in generation %llu)", l->name, l->address,
+                           l->port, (unsigned long long)g->id);
+                close_listener(w, l);
+            } else if (l->arg != g->fronts[i]) {
+                front_unref(l->arg);
+                l->arg = front_ref(g->fronts[i]);
+            }
+        }
+        l = next;
+    }
+    return NU_OK;
+}
+
+/* Loads the configuration into this worker's Lua state and makes it the
+ * current generation, or leaves the current one serving. */
+static int load_generation(struct worker *w, uint64_t id, struct access_log *alog, char *err, size_t errlen)
+{
+    struct nu_config cfg;
+    if (lua_bridge_load_config(w->L, w->opts, &cfg, LB_LOAD_STAGE_QUIET) != NU_OK) {
+        snprintf(err, errlen, "the configuration did not load (errors logged)");
+        return NU_ERR_CONFIG;
+    }
+    struct gen *g = gen_new(w, id, &cfg, alog, err, errlen);
+    if (!g) {
+        config_free(&cfg);
+        lua_bridge_discard(w->L);
+        return NU_ERR_CONFIG;
+    }
+    int rc = sync_listeners(w, g, err, errlen);
+    if (rc != NU_OK) {
+        lua_bridge_discard(w->L);
+        gen_unref(g);
+        return rc;
+    }
+    /* Lua and C switch together, between two events: every exchange from
+     * here routes with the new chain into the new clusters. */
+    lua_bridge_commit(w->L, g->lua_wants);
+    struct gen *old = w->gen;
+    w->gen = g;
+    if (old)
+        gen_unref(old);
+    return NU_OK;
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+static void finish_drain(struct worker *w)
+{
+    ev_timer_stop(w->loop, &w->drain_timer);
+    ev_break(w->loop, EVBREAK_ALL);
+}
+
+/* A downstream conn is one accepted here; upstream ones are counted apart. */
+static uint64_t downstream_conns(const struct worker *w)
+{
+    return w->live_conns - w->live_upstream_conns;
+}
+
+static void on_drain_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct worker *w = nu_container_of(t, struct worker, drain_timer);
+    if (w->draining == 1) {
+        /* The shutdown notice had its round trip: now the real GOAWAY. */
+        w->draining = 2;
+        for (struct conn *c = w->conns; c; c = c->all_next)
+            if (!c->closing && c->h && c->h->drain)
+                c->h->drain(c, 1);
+        ev_timer_set(t, 0.05, 0.05);
+        ev_timer_start(loop, t);
+        return;
+    }
+    if (w->live_streams == 0 && downstream_conns(w) == 0)
+        finish_drain(w);
+}
+
+static void start_drain(struct worker *w)
+{
+    if (w->draining)
+        return;
+    w->draining = 1;
+    while (w->listeners)
+        close_listener(w, w->listeners);
+    nu_log(NU_LOG_INFO, "[w%d] draining: %llu exchange(s) in flight on %llu connection(s)", w->index,
+           (unsigned long long)w->live_streams, (unsigned long long)downstream_conns(w));
+    for (struct conn *c = w->conns; c; c = c->all_next) {
+        if (c->closing)
+            continue;
+        if (c->h && c->h->drain)
+            c->h->drain(c, 0);
+        else if (!c->h)
+            conn_close(c, NU_ERR_CLOSED); /* still in its TLS handshake or first-byte wait */
+    }
+    ev_timer_init(&w->drain_timer, on_drain_timer, 0.2, 0.);
+    ev_timer_start(w->loop, &w->drain_timer);
+}
+
+/* ------------------------------------------------------------ the thread */
+
+static void post_control(struct worker *w, int kind, int ok, uint64_t gen, void *ptr, const char *msg)
+{
+    struct mail m = {.kind = kind, .worker = w->index, .ok = ok, .gen = gen, .ptr = ptr};
+    if (msg)
+        snprintf(m.msg, sizeof m.msg, "%s", msg);
+    if (worker_post(w->control, &m) != NU_OK)
+        nu_log(NU_LOG_ERROR, "[w%d] out of memory reporting to the control thread", w->index);
+}
+
+static void fill_gauges(struct worker *w, struct stats_gauges *g)
+{
+    memset(g, 0, sizeof *g);
+    g->worker = w->index;
+    g->downstream_conns_active = downstream_conns(w);
+    g->downstream_conns_total = w->accepted;
+    g->upstream_conns_active = w->live_upstream_conns;
+    g->streams_active = w->live_streams;
+    g->lua_errors = stream_api_counter(STREAM_API_LUA_ERRORS);
+    g->upstream_conns_total = w->upstream_connects;
+    g->upstream_retries = w->upstream_retries;
+    g->upstream_ejections = w->upstream_ejections;
+}
+
+static void worker_on_mail(struct worker *w, struct mail *m)
+{
+    char err[512];
+    switch (m->kind) {
+    case MAIL_RELOAD: {
+        int rc = w->draining ? NU_ERR_CLOSED : load_generation(w, m->gen, m->alog, err, sizeof err);
+        if (m->alog)
+            access_log_unref(m->alog); /* the generation took its own reference */
+        if (rc != NU_OK && !w->draining)
+            nu_log(NU_LOG_ERROR, "[w%d] generation %llu refused: %s; generation %llu keeps serving", w->index,
+                   (unsigned long long)m->gen, err, (unsigned long long)(w->gen ? w->gen->id : 0));
+        post_control(w, MAIL_RELOADED, rc == NU_OK, m->gen, NULL, rc == NU_OK ? NULL : err);
+        break;
+    }
+    case MAIL_SNAPSHOT: {
+        struct worker_report *r = calloc(1, sizeof *r);
+        if (r) {
+            fill_gauges(w, &r->gauges);
+            r->snap = w->stats ? stats_snapshot(w->stats, &r->gauges) : NULL;
+        }
+        /* NULL goes back too: the scrape must not wait for a report that cannot come. */
+        struct mail reply = {
+            .kind = MAIL_SNAPSHOT_DONE, .worker = w->index, .ok = r != NULL, .ptr = r, .token = m->token};
+        if (worker_post(w->control, &reply) != NU_OK && r) {
+            stats_snap_free(r->snap);
+            free(r);
+        }
+        break;
+    }
+    case MAIL_DRAIN:
+        start_drain(w);
+        break;
+    case MAIL_STOP:
+        if (w->draining || w->live_streams)
+            nu_log(NU_LOG_WARN, "[w%d] stopping now: %llu exchange(s) cut", w->index,
+                   (unsigned long long)w->live_streams);
+        finish_drain(w);
+        break;
+    default:
+        break;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    /* Signals are the control thread's: block them here. */
+    sigset_t set;
+    sigfillset(&set);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    char err[512];
+    int rc = NU_ERR_NOMEM;
+    w->stats = stats_new();
+    w->L = lua_bridge_new(w->opts);
+    if (w->stats && w->L) {
+        struct access_log *alog = w->start_alog;
+        w->start_alog = NULL;
+        if (alog)
+            w->albuf = access_log_buf_new();
+        rc = load_generation(w, w->start_gen, alog, err, sizeof err);
+        if (alog)
+            access_log_unref(alog);
+    } else {
+        snprintf(err, sizeof err, "out of memory (Lua state or metrics)");
+    }
+    if (rc != NU_OK) {
+        post_control(w, MAIL_STARTED, 0, w->start_gen, NULL, err);
+    } else {
+        post_control(w, MAIL_STARTED, 1, w->start_gen, NULL, NULL);
+        ev_run(w->loop, 0);
+    }
+    worker_stop(w);
+    if (w->gen) {
+        gen_unref(w->gen);
+        w->gen = NULL;
+    }
+    worker_sweep(w);
+    if (w->albuf) {
+        access_log_flush(w->albuf);
+        access_log_buf_free(w->albuf);
+        w->albuf = NULL;
+    }
+    lua_bridge_close(w->L);
+    w->L = NULL;
+    buf_pool_release();
+    stats_free(w->stats);
+    w->stats = NULL;
+    struct worker *control = w->control;
+    int index = w->index;
+    worker_destroy(w);
+    struct ev_loop *loop = w->loop;
+    ev_loop_destroy(loop);
+    struct mail m = {.kind = MAIL_EXITED, .worker = index, .ok = rc == NU_OK};
+    worker_post(control, &m);
+    return NULL;
+}
+
+int worker_spawn(struct worker *w, int index, struct worker *control, const struct lua_bridge_opts *opts, uint64_t gen,
+                 struct access_log *alog)
+{
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    if (!loop)
+        return NU_ERR_NOMEM;
+    worker_init(w, loop, index);
+    w->control = control;
+    w->opts = opts;
+    w->start_gen = gen;
+    w->on_mail = worker_on_mail;
+    w->start_alog = alog ? access_log_ref(alog) : NULL; /* the thread's first generation takes it */
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        if (alog)
+            access_log_unref(alog);
+        w->start_alog = NULL;
+        worker_destroy(w);
+        ev_loop_destroy(loop);
+        return NU_ERR_NOMEM;
+    }
     return NU_OK;
 }
 
 void worker_stop(struct worker *w)
 {
-    w->ready = 0;
-    while (w->listeners) {
-        struct listener *l = w->listeners;
-        w->listeners = l->next;
-        listener_close(l);
-    }
+    while (w->listeners)
+        close_listener(w, w->listeners);
     for (struct conn *c = w->conns; c; c = c->all_next)
         conn_close(c, NU_ERR_CLOSED);
     worker_sweep(w);
-    /* Connections are freed by now: the TLS configurations they used can go. */
-    upstream_set_free(w->ups);
-    w->ups = NULL;
-    while (w->fronts) {
-        struct front *f = w->fronts;
-        w->fronts = f->next;
-        tls_server_free(f->tls);
-        free(f);
-    }
 }

@@ -10,7 +10,10 @@
 --       recursively, every *.yaml / *.yml, in sorted order
 --   amb.load_text(text, filename, opts)  -> resources | nil, errs, warns
 --   amb.build_model(resources, opts)     -> model_part | nil, errs, warns
---       model_part = { listeners, hosts, clusters, policies, routes, module, http, tls_contexts }
+--       model_part = { listeners, hosts, clusters, policies, routes, module, http, tls_contexts,
+--                      resources, diagnostics }
+--       resources: { {kind, name, namespace, source, api_version, ok, ignored}, ... } (what was read)
+--       diagnostics: { enabled, allow_non_local } (Module diagnostics, for the admin listener)
 --       (docs/internals.md §2 and §6)
 --   amb.hostglob_matches(glob_a, glob_b) -> boolean
 --
@@ -19,6 +22,9 @@
 --   namespace      Ambassador's own namespace; default $AMBASSADOR_NAMESPACE, else "default"
 --   secrets_dir    folder of secrets no Secret in the YAML defines (NAME/tls.crt + tls.key,
 --                  or NAME.crt + NAME.key); default none
+--   admin          { address, port } of the admin listener: Emissary's internal Mappings
+--                  (/ambassador/v0/check_alive, check_ready, /ambassador/v0/) route there;
+--                  nil or false: no internal Mappings (nuncio.config always passes it)
 --
 -- Input forms (behaviour notes §0): getambassador.io/v3alpha1, v2, v1 CRDs
 -- (metadata + spec), flat ambassador/v0, ambassador/v1 and annotation-style
@@ -36,6 +42,7 @@ local mapping = require("nuncio.ambassador.mapping")
 local kinds = require("nuncio.ambassador.kinds")
 local tls = require("nuncio.ambassador.tls")
 local route_order = require("nuncio.ambassador.order")
+local diag_routes = require("nuncio.ambassador.diag_routes") -- diag: internal Mappings (§8)
 
 local type = type
 local ipairs = ipairs
@@ -521,6 +528,7 @@ local function route_of(rec)
     request_headers_to_remove = rec.request_headers_to_remove,
     response_headers_to_remove = rec.response_headers_to_remove,
     policy = rec.policy,
+    internal = rec.internal, -- diag: an Emissary internal Mapping (diagnostics, probes)
   }
 end
 
@@ -717,18 +725,31 @@ function M.build_model(resources, opts)
 
   local by_kind = { Mapping = {}, Host = {}, Listener = {}, Module = {}, TLSContext = {} }
   local secrets = {}
+  -- >>> diag: what was loaded, for the diagnostics page (model.resources)
+  local summary = {}
+  local function summarize(res, ignored)
+    summary[#summary + 1] = { kind = res.kind, name = res.name, namespace = res.namespace, source = res.source,
+      api_version = res.api_version, ok = ignored == nil, ignored = ignored }
+  end
+  -- <<< diag
   for _, res in ipairs(resources or {}) do
     if res.kind == "Secret" then
       secrets[#secrets + 1] = res.secret -- Kubernetes objects carry no ambassador_id
+      summarize(res) -- diag
     elseif ours(rep, res, my_id) then
       if HANDLED_KINDS[res.kind] then
         local list = by_kind[res.kind]
         list[#list + 1] = res
+        summarize(res, res.kind == "Module" and res.name ~= "ambassador" and "not named ambassador" or nil) -- diag
       elseif NOT_IMPLEMENTED[res.kind] then
         rep:warning(res, nil, "not implemented yet, ignored")
+        summarize(res, "not implemented yet") -- diag
       else
         rep:warning(res, nil, "unknown kind, ignored")
+        summarize(res, "unknown kind") -- diag
       end
+    else
+      summarize(res, "ambassador_id") -- diag: meant for another instance
     end
   end
 
@@ -847,6 +868,31 @@ function M.build_model(resources, opts)
     end
   end
 
+  -- >>> diag: Emissary's internal Mappings (behaviour notes §8: check_alive, check_ready,
+  -- /ambassador/v0/) routed to the admin listener (opts.admin = {address, port}; nil or
+  -- false: no admin, no internal Mappings). Built, clustered, attached and sorted exactly
+  -- like user Mappings, as Emissary's IRAmbassador.add_mappings does.
+  local module_res
+  for _, res in ipairs(by_kind.Module) do
+    if res.name == "ambassador" then
+      module_res = res
+      break
+    end
+  end
+  for _, res in ipairs(diag_routes.resources(settings.probes, opts.admin, module_res, amb_ns)) do
+    local rec = mapping.build(rep, res, ctx)
+    if rec then
+      rec.service.tls = false
+      if rec.tls_ref then
+        rec.service.tls = builder:origination(res, rec.tls_ref) or false
+      end
+      rec.internal = true
+      rec.index = #recs + 1
+      recs[#recs + 1] = rec
+    end
+  end
+  -- <<< diag
+
   if #rep.errs > 0 then
     return nil, by_position(rep.errs), by_position(rep.warns)
   end
@@ -873,6 +919,11 @@ function M.build_model(resources, opts)
     module = module,
     http = settings.http,
     tls_contexts = tls_contexts,
+    resources = summary, -- diag
+    diagnostics = { -- diag: the admin applies allow_non_local (nuncio.ambassador.diag_routes)
+      enabled = (settings.probes or diag_routes.defaults()).diagnostics.enabled,
+      allow_non_local = (settings.probes or diag_routes.defaults()).diagnostics.allow_non_local,
+    },
   }, rep.errs, by_position(rep.warns)
 end
 

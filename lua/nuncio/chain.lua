@@ -116,6 +116,8 @@ function M.new(model, router)
     router, err = router_mod.new(model)
     if not router then errs[#errs + 1] = tostring(err) end
   end
+  -- The core counts requests per route by this index into model.routes (its route names).
+  for i, r in ipairs(model.routes or {}) do r.stat_index = i - 1 end
   local http = model.http or {}
   local filters = {}
   local entries = bundled_entries(http, model.routes)
@@ -259,7 +261,7 @@ function Chain:request_headers(s)
     rq:set(":path", new_path)
   end
   s._route = route -- the router already decided; the rewrites must not re-route
-  s:set_upstream(route.cluster - 1, route.timeout_ms or 0, (route.policy or 1) - 1)
+  s:set_upstream(route.cluster - 1, route.timeout_ms or 0, (route.policy or 1) - 1, route.stat_index or -1)
   return 0
 end
 

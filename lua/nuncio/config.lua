@@ -15,6 +15,7 @@ local yaml = require("nuncio.yaml")
 local fs = require("nuncio.ambassador.fs")
 local check = require("nuncio.ambassador.check")
 local ambassador = require("nuncio.ambassador")
+local access_log = require("nuncio.ambassador.access_log") -- access_log: native override
 
 local type = type
 local next = next
@@ -30,7 +31,8 @@ local yaml_line = yaml.line
 local M = {}
 
 M.DEFAULTS = {
-  workers = 1,
+  workers = 0, -- "auto": one per CPU the process may use
+  drain_timeout_ms = 30000, -- SIGTERM: in-flight calls get this long
   log_level = "info",
   admin_address = "127.0.0.1",
   admin_port = 8877,
@@ -40,7 +42,9 @@ M.DEFAULTS = {
 
 local LOG_LEVELS = check.set { "debug", "info", "warn", "error" }
 local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador", "secrets_dir",
-  "overrides", "endpoints", "outlier_detection", "request_headers_timeout_ms" }
+  "overrides", "endpoints", "outlier_detection", "request_headers_timeout_ms", "drain_timeout_ms" }
+
+KEYS.access_log = true -- access_log: read below, applied over the Module's in M.load
 
 local value = check.value
 
@@ -313,10 +317,21 @@ local function read_native(path, model, errs, warns)
 
   local workers = r.get("workers")
   if workers ~= nil then
-    if not check.is_integer(workers) or workers < 1 then
-      r.fail("workers", "must be an integer >= 1, not " .. check.describe(workers))
+    if workers == "auto" then
+      model.workers = 0
+    elseif not check.is_integer(workers) or workers < 1 or workers > 64 then
+      r.fail("workers", "must be auto or an integer from 1 to 64, not " .. check.describe(workers))
     else
       model.workers = workers
+    end
+  end
+
+  local drain = r.get("drain_timeout_ms")
+  if drain ~= nil then
+    if not check.is_integer(drain) or drain < 0 then
+      r.fail("drain_timeout_ms", "must be an integer >= 0 (milliseconds), not " .. check.describe(drain))
+    else
+      model.drain_timeout_ms = drain
     end
   end
 
@@ -368,6 +383,16 @@ local function read_native(path, model, errs, warns)
     end
   end
 
+  -- access_log: false, or {path, type, format, json}: overrides the Module's
+  -- envoy_log_* (nuncio.ambassador.access_log); applied in M.load
+  local alog = r.get("access_log")
+  if alog ~= nil then
+    model.access_log_override = access_log.read_native(alog, r, function(tbl, path)
+      return reader(r.file, tbl, path, r.errs, r.warns)
+    end)
+  end
+  -- end access_log
+
   r.unknown(KEYS)
   return amb, secrets_dir
 end
@@ -375,6 +400,7 @@ end
 function M.defaults()
   return {
     workers = M.DEFAULTS.workers,
+    drain_timeout_ms = M.DEFAULTS.drain_timeout_ms,
     log_level = M.DEFAULTS.log_level,
     request_headers_timeout_ms = M.DEFAULTS.request_headers_timeout_ms,
     admin = { address = M.DEFAULTS.admin_address, port = M.DEFAULTS.admin_port },
@@ -431,7 +457,8 @@ function M.load(args)
     paths[#paths + 1] = p
   end
 
-  local opts = { ambassador_id = args.ambassador_id, namespace = args.namespace, secrets_dir = secrets_dir }
+  local opts = { ambassador_id = args.ambassador_id, namespace = args.namespace, secrets_dir = secrets_dir,
+    admin = model.admin } -- diag: the internal Mappings route to the admin listener (false: none)
   local part, aerrs, awarns
   if #paths > 0 then
     part, aerrs, awarns = ambassador.load(paths, opts)
@@ -454,8 +481,15 @@ function M.load(args)
   model.routes = part.routes
   model.module = part.module
   model.http = part.http
+  -- access_log: the native config's key over the Module's envoy_log_*
+  model.http.access_log = access_log.apply_native(model.http.access_log, model.access_log_override)
+  model.access_log_override = nil
   model.tls_contexts = part.tls_contexts
   model.policies = part.policies
+  model.resources = part.resources -- diag: for the diagnostics page
+  model.diagnostics = part.diagnostics -- diag: Module diagnostics {enabled, allow_non_local}
+  -- What a reload watches (the control thread's inotify): every path resources came from.
+  model.watch = { config = args.config, ambassador = paths, secrets_dir = secrets_dir }
   apply_endpoints(model, errs, warns)
   local ov = model.overrides
   if ov then

@@ -26,7 +26,7 @@ int nu_ffi_hdr_add(struct stream *st, int which, const char *name, size_t nlen, 
 int nu_ffi_hdr_remove(struct stream *st, int which, const char *name, size_t nlen);
 int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out);
 int nu_ffi_stream_flags(struct stream *st);
-int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy);
+int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy, int route);
 int nu_ffi_stream_get_upstream(struct stream *st, int *cluster, int *timeout_ms);
 int nu_ffi_stream_respond(struct stream *st, int status, int grpc_status, const char *body, size_t blen, const char *details, size_t dlen);
 int nu_ffi_stream_get_reply(struct stream *st, int *status, char *body, size_t cap, size_t *blen);

@@ -33,7 +33,7 @@ local function addr(p) return tonumber(ffi_cast("uintptr_t", p)) end
 local inflight = false
 
 local function park(s)
-  if keep then return end -- live[] holds it and the log phase releases it
+  if s._chain and s._chain.wants.log then return end -- live[] holds it and the log phase releases it
   if inflight == s then inflight = false end
   local k = addr(s._st)
   if not parked[k] then n_parked = n_parked + 1 end
@@ -56,25 +56,59 @@ local function prepend_paths(dirs)
   package.path = table.concat(parts, ";") .. ";" .. package.path
 end
 
---- configure{ config = path, ambassador = {paths}, validate_only = bool }
+--- configure{ config = path, ambassador = {paths}, validate_only = bool, stage = bool }
 --- -> model | nil, errs, warns
+--- validate_only checks and keeps the result for diagnostics (M.last); stage
+--- builds the chain and holds it until commit() installs it (or discard()
+--- drops it), so the core switches Lua and C to a new generation together;
+--- neither installs at once (the first load of a process).
 function M.configure(opts)
   local model, errs, warns = config.load({ config = opts.config, ambassador = opts.ambassador })
   warns = warns or {}
-  if not model then return nil, errs, warns end
+  local function remember(ok)
+    if opts.validate_only then
+      if ok then M.good_model = model end
+      M.last = { model = model or (M.last and M.last.model), errors = errs or {}, warnings = warns, ok = ok }
+    end
+  end
+  if not model then
+    remember(false)
+    return nil, errs, warns
+  end
   prepend_paths(model.lua_path)
   chain_mod = chain_mod or require("nuncio.chain")
   stream_mod = stream_mod or require("nuncio.stream")
   stream_mod.park = park
   local ch, cerrs = chain_mod.new(model)
-  if not ch then return nil, cerrs, warns end
-  if not opts.validate_only then
-    installed = ch
-    M.wants = ch.wants
-    keep = ch.wants.log == true
+  if not ch then
+    errs = cerrs
+    model = nil
+    remember(false)
+    return nil, cerrs, warns
+  end
+  remember(true)
+  if opts.stage then
+    M.pending = ch
+  elseif not opts.validate_only then
+    M.pending = ch
+    M.commit()
   end
   return model, nil, warns
 end
+
+--- Installs the staged chain: new exchanges run through it; the ones in
+--- flight keep the chain they started with (their stream objects hold it).
+function M.commit()
+  local ch = M.pending
+  if not ch then return false end
+  M.pending = nil
+  installed = ch
+  M.wants = ch.wants
+  keep = ch.wants.log == true
+  return true
+end
+
+function M.discard() M.pending = nil end
 
 local cast = nffi.cast_stream
 
@@ -97,14 +131,22 @@ function M.request_headers(ud)
   s:_release()
   return rc, err
 end
-function M.response_headers(ud) return installed:response_headers(get(ud)) end
-function M.response_trailers(ud) return installed:response_trailers(get(ud)) end
+-- Later phases run through the chain the exchange started on (a reload may
+-- have installed another since).
+function M.response_headers(ud)
+  local s = get(ud)
+  return s._chain:response_headers(s)
+end
+function M.response_trailers(ud)
+  local s = get(ud)
+  return s._chain:response_trailers(s)
+end
 
 function M.log(ud)
   local s = live[ud]
   if not s then return 0 end
   live[ud] = nil
-  local rc, err = installed:log(s)
+  local rc, err = s._chain:log(s)
   s:_release()
   return rc, err
 end
@@ -126,6 +168,91 @@ function M.abandon(ud)
     inflight = false
     s:_release()
   end
+end
+
+--- The control thread found a problem the Lua checks cannot see (TLS
+--- material that does not load): the last load counts as failed, for diagnostics.
+function M.reject(msg)
+  local last = M.last
+  if not last then return end
+  local errors = {}
+  for i, e in ipairs(last.errors or {}) do errors[i] = e end
+  errors[#errors + 1] = msg
+  last.errors = errors
+  if last.ok then
+    last.model = M.good_model
+    last.ok = false
+  end
+end
+
+--- Paths the control thread watches for changes (files or folders).
+function M.watch_list()
+  local m = M.last and M.last.model
+  local out = {}
+  if not m then return out end
+  local w = m.watch or {}
+  if w.config then out[#out + 1] = w.config end
+  for _, p in ipairs(w.ambassador or {}) do out[#out + 1] = p end
+  if w.secrets_dir then out[#out + 1] = w.secrets_dir end
+  for _, p in ipairs(m.lua_path or {}) do out[#out + 1] = p end
+  return out
+end
+
+local function parse_query(q)
+  local t = {}
+  for pair in (q or ""):gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    if k and k ~= "" then
+      t[k:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)] =
+        v:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    end
+  end
+  return t
+end
+
+--- Diagnostics (the admin's /ambassador/v0/diag/): live numbers from the
+--- core in `state`, the configuration from the last check. -> status, content type, body
+function M.diag(state, query)
+  local last = M.last or {}
+  state.model = last.model
+  state.errors = last.errors or {}
+  state.warnings = last.warnings or {}
+  state.last_reload = { time = state.last_reload_ok, ok = last.ok ~= false }
+  return require("nuncio.diag").render(state, parse_query(query))
+end
+
+--- nuncio -t: a summary of what the configuration routes (every route with dump).
+function M.route_summary(dump)
+  local m = M.last and M.last.model
+  if not m then return "" end
+  local out = {}
+  local routes = m.routes or {}
+  local by_cluster = {}
+  for _, r in ipairs(routes) do
+    local c = m.clusters[r.cluster]
+    local name = c and c.name or "?"
+    by_cluster[name] = (by_cluster[name] or 0) + 1
+  end
+  out[#out + 1] = string.format("routes: %d, in evaluation order%s", #routes, dump and ":" or
+    " (--dump-routes lists them)")
+  if dump then
+    for i, r in ipairs(routes) do
+      local c = m.clusters[r.cluster]
+      local match = r.prefix or "?"
+      if r.prefix_regex then match = "~" .. match elseif r.prefix_exact then match = "=" .. match end
+      local host = r.host and (type(r.host) == "table" and (r.host.value or r.host[1]) or r.host) or "*"
+      out[#out + 1] = string.format("  %4d  %-40s host=%-20s %s -> %s  (%s)", i, match, tostring(host),
+        r.method or "*", c and c.name or "?", r.source or "?")
+    end
+  else
+    local names = {}
+    for name in pairs(by_cluster) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      out[#out + 1] = string.format("  %-50s %d route(s)", name, by_cluster[name])
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
 end
 
 --- Number of exchanges holding a Lua object (specs check it returns to zero).

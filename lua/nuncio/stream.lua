@@ -295,8 +295,8 @@ function Stream:upstream()
 end
 
 -- policy: the route's upstream policy (retries, idle timeout), 0-based; 0 = default
-function Stream:set_upstream(cluster, timeout_ms, policy)
-  local rc = C.nu_ffi_stream_set_upstream(sptr(self), cluster, timeout_ms or 0, policy or 0)
+function Stream:set_upstream(cluster, timeout_ms, policy, route)
+  local rc = C.nu_ffi_stream_set_upstream(sptr(self), cluster, timeout_ms or 0, policy or 0, route or -1)
   if rc ~= OK then error("set_upstream: not allowed now (rc " .. rc .. ")", 2) end
 end
 

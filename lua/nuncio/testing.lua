@@ -306,8 +306,21 @@ function M.live(opts)
   local model, errs = config.load({ ambassador = paths })
   if not model then error("configuration errors:\n  " .. table.concat(errs or {}, "\n  "), 2) end
 
+  -- The internal diag/probe Mappings route to the admin port, which the live
+  -- proxy moves: their clusters are not the spec's to re-point.
+  local internal = {}
+  for _, r in ipairs(model.routes) do
+    if r.internal then internal[r.cluster] = true end
+  end
+  for _, r in ipairs(model.routes) do
+    if not r.internal then internal[r.cluster] = nil end
+  end
+  local spec_clusters = {}
+  for i, c in ipairs(model.clusters) do
+    if not internal[i] then spec_clusters[#spec_clusters + 1] = c end
+  end
   local self = setmetatable({ dir = dir, model = model }, Live)
-  local n = math.max(#model.clusters, 1)
+  local n = math.max(#spec_clusters, 1)
   self.rec = assert(io.popen(CLEAN .. shell_quote(rec) .. " " .. n .. " --no-stdin", "r"))
   local line = self.rec:read("*l") or ""
   local ports = {}
@@ -316,7 +329,7 @@ function M.live(opts)
   assert(#ports == n, "nuncio-h2record did not start: " .. line)
   self.cluster_of_port = {}
   local clusters, listeners = {}, {}
-  for i, c in ipairs(model.clusters) do
+  for i, c in ipairs(spec_clusters) do
     clusters[c.name] = "127.0.0.1:" .. ports[i]
     self.cluster_of_port[ports[i]] = c
   end
@@ -330,6 +343,7 @@ function M.live(opts)
   end
   local native = {
     log_level = "info",
+    workers = 1, -- one worker: the spec's requests share one set of upstream connections
     admin = { address = "127.0.0.1", port = self.admin_port },
     lua_path = (function()
       local out = {}

@@ -73,6 +73,18 @@ describe("nuncio.ambassador", function()
           server_name = "envoy", listener_idle_timeout_ms = 3600000, enable_http10 = false,
           enable_grpc_web = false, enable_grpc_http11_bridge = false },
         tls_contexts = {},
+        -- what was read, in file order, for the diagnostics page
+        resources = {
+          { kind = "Mapping", name = "grpc-py", namespace = "default", source = file .. ":7",
+            api_version = "getambassador.io/v3alpha1", ok = true },
+          { kind = "Host", name = "example-host", namespace = "default", source = file .. ":20",
+            api_version = "getambassador.io/v3alpha1", ok = true },
+          { kind = "Listener", name = "example-listener", namespace = "default", source = file .. ":31",
+            api_version = "getambassador.io/v3alpha1", ok = true },
+        },
+        -- no Module: Emissary's defaults
+        diagnostics = { enabled = true, allow_non_local = false },
+        -- no opts.admin: no internal Mappings, so routes and clusters are the user's alone
       }, model)
     end)
   end)

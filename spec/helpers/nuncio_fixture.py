@@ -420,7 +420,11 @@ def native_yaml(admin_port, chain=None, lua_path=None, ambassador=("ambassador.y
     """extra: more top-level keys, {key: value} (values written as JSON, which is YAML)."""
     out = ["admin:", "  address: 127.0.0.1", "  port: %d" % admin_port, "log_level: %s" % LOG_LEVEL,
            "ambassador: [%s]" % ", ".join(_q(a) for a in ambassador)]
-    out.extend("%s: %s" % (k, json.dumps(v)) for k, v in (extra or {}).items())
+    extra = dict(extra or {})
+    # One worker unless a test asks for more: most suites check what one
+    # worker's pools and balancers do with their connections.
+    extra.setdefault("workers", 1)
+    out.extend("%s: %s" % (k, json.dumps(v)) for k, v in extra.items())
     if lua_path:
         out.append("lua_path: [%s]" % ", ".join(_q(p) for p in lua_path))
     if chain:

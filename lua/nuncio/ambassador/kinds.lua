@@ -5,6 +5,9 @@
 local check = require("nuncio.ambassador.check")
 local mapping = require("nuncio.ambassador.mapping")
 local policy = require("nuncio.ambassador.policy")
+local observe = require("nuncio.ambassador.observe")
+local diag_routes = require("nuncio.ambassador.diag_routes")
+local access_log = require("nuncio.ambassador.access_log")
 
 local next = next
 local ipairs = ipairs
@@ -28,19 +31,21 @@ local MODULE_DONE = check.set {
   "server_name", "add_linkerd_headers", "preserve_external_request_id", "defaults",
   "retry_policy", "load_balancer", "cluster_idle_timeout_ms", "listener_idle_timeout_ms",
   "enable_http10", "enable_grpc_web", "enable_grpc_http11_bridge", "cors",
+  "grpc_stats", "diagnostics", "readiness_probe", "liveness_probe",
+  "envoy_log_type", "envoy_log_format", "envoy_log_path",
 }
 
 -- Keys Emissary knows; later issues implement them.
 local MODULE_TODO = check.set {
-  "grpc_stats", "use_remote_address", "xff_num_trusted_hops",
-  "max_request_headers_kb", "diagnostics", "readiness_probe", "liveness_probe",
+  "use_remote_address", "xff_num_trusted_hops",
+  "max_request_headers_kb",
   "cluster_max_connection_lifetime_ms",
   "buffer", "buffer_limit_bytes", "regex_type", "regex_max_size", "header_case_overrides",
   "proper_case", "default_label_domain", "default_labels",
   "circuit_breakers", "keepalive", "ip_allow", "ip_deny", "gzip", "enable_ipv4",
   "enable_ipv6", "forward_client_cert_details",
   "set_current_client_cert_details", "suppress_envoy_headers", "headers_with_underscores_action",
-  "allow_chunked_length", "envoy_log_type", "envoy_log_format", "envoy_log_path", "admin_port",
+  "allow_chunked_length", "admin_port",
   "error_response_overrides", "use_proxy_proto", "x_forwarded_proto_redirect", "service_port",
   "resolver", "envoy_validation_timeout", "statsd", "auth_service", "rate_limit_service",
   "tracing_service", "x_num_trusted_hops", "strip_matching_host_port_from_authority",
@@ -212,6 +217,9 @@ function M.module(rep, modules)
   settings.retry_policy = policy.read_retry_policy(cc, "retry_policy")
   settings.load_balancer = policy.read_load_balancer(cc, "load_balancer")
   settings.cors = policy.read_cors(cc, "cors")
+  http.grpc_stats = observe.read_grpc_stats(cc, "grpc_stats")
+  settings.probes = diag_routes.read(cc)
+  http.access_log = access_log.read(cc)
   cc:check_keys(MODULE_DONE, MODULE_TODO, "accepted, not implemented yet")
   return config, settings
 end
