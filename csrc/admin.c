@@ -1,5 +1,6 @@
 #include "admin.h"
 #include "conn.h"
+#include "access_log.h"
 #include "control.h"
 #include "log.h"
 #include "nuncio.h"
@@ -107,7 +108,7 @@ static void render_stats(struct admin_conn *a, struct scrape *sc)
                             (unsigned long long)sum.upstream_conns_total, (unsigned long long)sum.upstream_conns_active,
                             (unsigned long long)sum.upstream_retries, (unsigned long long)sum.upstream_ejections,
                             (unsigned long long)sum.lua_errors, (unsigned long long)sum.downstream_conns_total,
-                            (unsigned long long)a->ctl->generation, (unsigned long long)a->ctl->reloads_ok,
+                            (unsigned long long)a->ctl->serving, (unsigned long long)a->ctl->reloads_ok,
                             (unsigned long long)a->ctl->reloads_failed);
     for (int i = 0; i < sc->n && len < sizeof body; i++)
         if (sc->reports[i])
@@ -127,7 +128,8 @@ static void render_metrics(struct admin_conn *a, struct scrape *sc)
         if (sc->reports[i] && sc->reports[i]->snap)
             snaps[n++] = sc->reports[i]->snap;
     struct stats_process p = {
-        .config_generation = ctl->generation,
+        .config_generation = ctl->serving,
+        .access_log_dropped = ctl->alog ? access_log_dropped(ctl->alog) : 0,
         .reloads_ok = ctl->reloads_ok,
         .reloads_failed = ctl->reloads_failed,
         .workers = (uint64_t)ctl->n_workers,
@@ -149,7 +151,9 @@ static void render_diag(struct admin_conn *a, struct scrape *sc)
     struct buf out = {0};
     int status = 500;
     const char *ctype = "text/plain";
-    if (control_diag(a->ctl, sc, a->query, &status, &ctype, &out) != NU_OK) {
+    const char *peer = a->conn->peer;
+    int local = strncmp(peer, "127.", 4) == 0 || strncmp(peer, "[::1]", 5) == 0;
+    if (control_diag(a->ctl, sc, a->query, local, &status, &ctype, &out) != NU_OK) {
         buf_free(&out);
         reply(a, 500, "Internal Server Error", "out of memory\n");
         return;

@@ -167,13 +167,14 @@ static int relevant(const char *name)
     return 0;
 }
 
-static void on_inotify(struct ev_loop *loop, ev_io *io, int revents)
+/* Reads what fd has queued; a relevant change (re)starts the debounce timer. */
+static void read_events(struct control *ctl, int fd)
 {
-    struct control *ctl = nu_container_of(io, struct control, inotify_io);
+    struct ev_loop *loop = ctl->cw.loop;
     char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
     int hit = 0;
     for (;;) {
-        ssize_t n = read(ctl->inotify_fd, buf, sizeof buf);
+        ssize_t n = read(fd, buf, sizeof buf);
         if (n <= 0)
             break;
         for (char *p = buf; p < buf + n;) {
@@ -192,17 +193,23 @@ static void on_inotify(struct ev_loop *loop, ev_io *io, int revents)
     }
 }
 
+static void on_inotify(struct ev_loop *loop, ev_io *io, int revents)
+{
+    struct control *ctl = nu_container_of(io, struct control, inotify_io);
+    read_events(ctl, ctl->inotify_fd);
+}
+
 /* Watches every path the configuration came from (fresh watches each time:
- * a reload may name other files). */
+ * a reload may name other files). The new watches exist before the old ones
+ * go, and what the old ones caught meanwhile is read first: a file changed
+ * during a reload still triggers the next one. */
 static void rewatch(struct control *ctl)
 {
-    if (ctl->inotify_fd >= 0) {
-        ev_io_stop(ctl->cw.loop, &ctl->inotify_io);
-        close(ctl->inotify_fd);
-    }
+    int old = ctl->inotify_fd;
     ctl->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (ctl->inotify_fd < 0) {
         nu_log(NU_LOG_WARN, "inotify: %s: files are not watched (SIGHUP reloads)", strerror(errno));
+        ctl->inotify_fd = old; /* keep what we had */
         return;
     }
     if (ctl->opts->config_path)
@@ -223,6 +230,11 @@ static void rewatch(struct control *ctl)
         }
     }
     lua_settop(L, top);
+    if (old >= 0) {
+        ev_io_stop(ctl->cw.loop, &ctl->inotify_io);
+        read_events(ctl, old);
+        close(old);
+    }
     ev_io_init(&ctl->inotify_io, on_inotify, ctl->inotify_fd, EV_READ);
     ev_io_start(ctl->cw.loop, &ctl->inotify_io);
 }
@@ -251,7 +263,7 @@ static void reload(struct control *ctl, const char *why)
         nu_log(NU_LOG_ERROR,
                "reload (%s) refused: the configuration is invalid (errors above); generation %llu keeps "
                "serving",
-               why, (unsigned long long)ctl->generation);
+               why, (unsigned long long)ctl->serving);
         return;
     }
     if (cfg.admin_enabled != ctl->cfg.admin_enabled || cfg.admin_port != ctl->cfg.admin_port ||
@@ -440,6 +452,7 @@ static void control_on_mail(struct worker *cw, struct mail *m)
                 stop_now(ctl);
             } else if (!ctl->draining) {
                 ctl->ready = 1;
+                ctl->serving = ctl->generation;
                 ctl->last_reload_ok = unix_now();
                 nu_log(NU_LOG_INFO, "nuncio %s ready: %d worker(s), generation %llu", NUNCIO_VERSION, ctl->n_workers,
                        (unsigned long long)ctl->generation);
@@ -448,17 +461,27 @@ static void control_on_mail(struct worker *cw, struct mail *m)
         }
         break;
     case MAIL_RELOADED:
-        if (!m->ok)
+        if (!m->ok && ctl->reload_all_ok) {
             ctl->reload_all_ok = 0;
+            char why[320];
+            snprintf(why, sizeof why, "generation %llu refused by worker %d: %s", (unsigned long long)m->gen, m->worker,
+                     m->msg);
+            runtime_call(ctl->L, "reject", why); /* diagnostics show it with the config errors */
+        }
         if (ctl->reload_waiting > 0 && --ctl->reload_waiting == 0) {
             if (ctl->reload_all_ok) {
+                ctl->serving = ctl->generation;
                 ctl->reloads_ok++;
                 ctl->last_reload_ok = unix_now();
                 nu_log(NU_LOG_INFO, "generation %llu serving on every worker", (unsigned long long)ctl->generation);
             } else {
                 ctl->reloads_failed++;
-                nu_log(NU_LOG_ERROR, "generation %llu was refused by a worker (see above)",
-                       (unsigned long long)ctl->generation);
+                /* A worker that took it serves it; one that refused keeps the
+                 * one before. The next reload brings them together again. */
+                nu_log(NU_LOG_ERROR,
+                       "generation %llu was refused by a worker (see above); generation %llu is the "
+                       "last every worker serves",
+                       (unsigned long long)ctl->generation, (unsigned long long)ctl->serving);
             }
             if (ctl->reload_again)
                 reload(ctl, "changes during the last reload");
@@ -494,15 +517,15 @@ static void route_stat(void *arg, const char *route, uint64_t requests, uint64_t
     lua_setfield(L, -2, route);
 }
 
-int control_diag(struct control *ctl, struct scrape *sc, const char *query, int *status, const char **ctype,
-                 struct buf *body)
+int control_diag(struct control *ctl, struct scrape *sc, const char *query, int peer_local, int *status,
+                 const char **ctype, struct buf *body)
 {
     lua_State *L = ctl->L;
     int top = lua_gettop(L);
     lua_getfield(L, LUA_REGISTRYINDEX, "nuncio.runtime");
     lua_getfield(L, -1, "diag");
     lua_createtable(L, 0, 12);
-    lua_pushnumber(L, (lua_Number)ctl->generation);
+    lua_pushnumber(L, (lua_Number)ctl->serving);
     lua_setfield(L, -2, "generation");
     lua_createtable(L, 0, 2);
     lua_pushnumber(L, (lua_Number)ctl->reloads_ok);
@@ -522,6 +545,8 @@ int control_diag(struct control *ctl, struct scrape *sc, const char *query, int 
     lua_setfield(L, -2, "workers");
     lua_pushboolean(L, ctl->ready && !ctl->draining);
     lua_setfield(L, -2, "ready");
+    lua_pushboolean(L, peer_local); /* Module diagnostics.enabled false: only local clients see the page */
+    lua_setfield(L, -2, "peer_local");
     lua_createtable(L, 0, 2);
     lua_pushstring(L, ctl->cfg.admin_address ? ctl->cfg.admin_address : "");
     lua_setfield(L, -2, "address");

@@ -42,6 +42,7 @@ struct control {
     struct nu_config cfg;    /* the last configuration that passed checks */
     struct access_log *alog; /* the access log the current generation writes */
     uint64_t generation;     /* the newest generation handed to the workers */
+    uint64_t serving;        /* the newest one every worker took (what metrics and diag report) */
     uint64_t reloads_ok, reloads_failed;
     double started, last_reload_ok; /* unix seconds */
     int ready;                      /* every worker serves a generation */
@@ -69,7 +70,7 @@ int control_check(const struct lua_bridge_opts *opts, int dump_routes);
 int control_scrape(struct control *ctl, void (*done)(struct scrape *sc), void *arg);
 /* Renders diagnostics through the control Lua state: *status, *ctype and
  * body (appended) for the query string q (may be NULL). */
-int control_diag(struct control *ctl, struct scrape *sc, const char *query, int *status, const char **ctype,
-                 struct buf *body);
+int control_diag(struct control *ctl, struct scrape *sc, const char *query, int peer_local, int *status,
+                 const char **ctype, struct buf *body);
 
 #endif

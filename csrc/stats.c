@@ -813,6 +813,8 @@ static void render_process(struct out *o, const struct stats_process *p)
     put_double(o, p->start_time);
     puts_(o, "\n");
     single(o, "nuncio_workers", "gauge", "Worker threads.", p->workers);
+    single(o, "nuncio_access_log_dropped_total", "counter",
+           "Access log lines dropped (the writer fell behind, or writes failed).", p->access_log_dropped);
 }
 
 static int cmp_worker(const void *a, const void *b)

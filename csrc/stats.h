@@ -43,6 +43,7 @@ struct stats_gauges { /* a worker's live numbers, filled by the worker when it s
 
 struct stats_process { /* process-wide, filled by the admin when rendering */
     uint64_t config_generation, reloads_ok, reloads_failed, workers;
+    uint64_t access_log_dropped; /* lines the current access log dropped */
     double start_time, last_reload_success_time; /* unix seconds; 0: never */
 };
 

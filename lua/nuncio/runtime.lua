@@ -47,12 +47,30 @@ local function unpark(k)
   end
 end
 
+-- Modules loaded when the runtime itself was: the standard libraries and
+-- nuncio's own. Everything required later (filters and what they use) is
+-- forgotten before each load, so a reload runs the filter files as they are
+-- now; exchanges in flight keep the instances their chain holds.
+local baseline = {}
+for name in pairs(package.loaded) do baseline[name] = true end
+
+local function forget_filter_modules()
+  for name in pairs(package.loaded) do
+    if not baseline[name] and name:sub(1, 7) ~= "nuncio." then
+      package.loaded[name] = nil
+    end
+  end
+end
+
 local function prepend_paths(dirs)
   if type(dirs) ~= "table" or #dirs == 0 then return end
   local parts = {}
   for _, d in ipairs(dirs) do
-    parts[#parts + 1] = d .. "/?.lua;" .. d .. "/?/init.lua"
+    if not package.path:find(d .. "/?.lua;", 1, true) then -- reloads add nothing twice
+      parts[#parts + 1] = d .. "/?.lua;" .. d .. "/?/init.lua"
+    end
   end
+  if #parts == 0 then return end
   package.path = table.concat(parts, ";") .. ";" .. package.path
 end
 
@@ -63,6 +81,7 @@ end
 --- drops it), so the core switches Lua and C to a new generation together;
 --- neither installs at once (the first load of a process).
 function M.configure(opts)
+  forget_filter_modules()
   local model, errs, warns = config.load({ config = opts.config, ambassador = opts.ambassador })
   warns = warns or {}
   local function remember(ok)
@@ -241,8 +260,8 @@ function M.route_summary(dump)
       local match = r.prefix or "?"
       if r.prefix_regex then match = "~" .. match elseif r.prefix_exact then match = "=" .. match end
       local host = r.host and (type(r.host) == "table" and (r.host.value or r.host[1]) or r.host) or "*"
-      out[#out + 1] = string.format("  %4d  %-40s host=%-20s %s -> %s  (%s)", i, match, tostring(host),
-        r.method or "*", c and c.name or "?", r.source or "?")
+      out[#out + 1] = string.format("  %4d  %-40s %-28s host=%-16s %-6s -> %s  (%s)", i, match,
+        r.name or "?", tostring(host), r.method or "*", c and c.name or "?", r.source or "?")
     end
   else
     local names = {}

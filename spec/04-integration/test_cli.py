@@ -123,6 +123,36 @@ class CliTest(unittest.TestCase):
         p = self.run_nuncio("-t", "-c", os.path.join(SRC, "conf", "nuncio.yaml"))
         self.assertExit(p, 0)
 
+    def test_validate_prints_a_route_summary_and_dump_routes(self):
+        self.write("ambassador.yaml", GOOD_RESOURCES.format(port=free_port()))
+        p = self.run_nuncio("-t", "-c", self.native())
+        self.assertExit(p, 0)
+        self.assertRegex(p.stdout, r"configuration OK \(1 listener\(s\), \d+ cluster\(s\), (\d+) route\(s\), \d+ worker")
+        self.assertRegex(p.stdout, r"routes: \d+, in evaluation order \(--dump-routes lists them\)")
+        p = self.run_nuncio("-t", "--dump-routes", "-c", self.native())
+        self.assertExit(p, 0)
+        rows = re.findall(r"(?m)^\s+(\d+)\s+(\S+)\s+(\S+)\s+host=", p.stdout)
+        self.assertEqual([int(r[0]) for r in rows], list(range(1, len(rows) + 1)), p.stdout)
+        # the user's Mapping with its file:line, and Emissary's internal probe Mappings
+        self.assertRegex(p.stdout, r"ambassador\.yaml:\d+\)")
+        self.assertIn("/ambassador/v0/check_ready", p.stdout)
+        p = self.run_nuncio("--dump-routes", "-c", self.native())  # implies -t: never starts serving
+        self.assertExit(p, 0)
+
+    def test_workers_and_drain_timeout_keys(self):
+        self.write("ambassador.yaml", GOOD_RESOURCES.format(port=free_port()))
+        native = self.native()
+        with open(native, "a") as f:
+            f.write("workers: 3\ndrain_timeout_ms: 5000\n")
+        p = self.run_nuncio("-t", "-c", native)
+        self.assertExit(p, 0)
+        self.assertIn("3 worker(s)", p.stdout)
+        with open(native, "a") as f:
+            f.write("workers: lots\n")
+        p = self.run_nuncio("-t", "-c", native)
+        self.assertExit(p, 1)
+        self.assertIn("workers: must be auto or an integer from 1 to 64", p.stderr)
+
     # ------------------------------------------------------------ -t on broken configs
 
     def assertNames(self, p, fname, line):

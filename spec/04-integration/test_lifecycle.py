@@ -3,6 +3,7 @@ graceful drain on SIGTERM, Prometheus metrics (parsed, not grepped), grpc_stats,
 several workers, the access log. Real grpcio client and server throughout."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,8 +107,8 @@ class ReloadTest(NuncioTestCase):
             out.append(mapping("echo", "/echo.Echo/", cls.up.address))
         return out
 
-    def rewrite(self, gen, with_echo=False, broken=False):
-        text = ambassador_yaml(self.proxy.port, self.mappings(gen, with_echo))
+    def rewrite(self, gen, with_echo=False, broken=False, extra=""):
+        text = ambassador_yaml(self.proxy.port, self.mappings(gen, with_echo)) + extra
         if broken:
             text += "---\napiVersion: getambassador.io/v3alpha1\nkind: Mapping\nmetadata: {name: broken}\n" \
                     "spec: {prefix: /broken/, service: x, load_balancer: {policy: fastest}}\n"
@@ -128,10 +129,52 @@ class ReloadTest(NuncioTestCase):
                 time.sleep(0.02)  # poll interval
         self.fail("route generation %d never reached the upstream (last seen %r)" % (gen, self.generation_seen()))
 
+    def test_bad_reloads_are_refused_and_the_old_config_serves(self):
+        bad = {
+            "YAML syntax": "---\napiVersion: getambassador.io/v3alpha1\nkind: Mapping\nmetadata: {name: y}\n"
+                           "spec: {prefix: [unclosed\n",
+            "Lua syntax": "---\napiVersion: getambassador.io/v3alpha1\nkind: Module\nmetadata: {name: ambassador}\n"
+                          "spec:\n  config:\n    lua_scripts: |\n      function envoy_on_request(h) h:foo( end\n",
+            "missing certificate": "---\napiVersion: getambassador.io/v3alpha1\nkind: TLSContext\n"
+                                   "metadata: {name: tc}\nspec: {hosts: [a.example], secret: no-such-secret}\n",
+        }
+        for n, (what, extra) in enumerate(sorted(bad.items())):
+            with self.subTest(what):
+                failed = total(metrics(self.proxy)[0], "nuncio_config_reloads_total", result="failed")
+                gen = self.proxy.stats()["generation"]
+                self.rewrite(500 + n, extra=extra)
+                self.proxy.proc.send_signal(signal.SIGHUP)
+                deadline = time.monotonic() + SETTLE
+                while time.monotonic() < deadline and not diag_errors(self.proxy):
+                    time.sleep(0.02)  # poll interval
+                errors = diag_errors(self.proxy)
+                self.assertTrue(errors, "the %s error shows in diag filter=errors" % what)
+                self.assertTrue(any(re.search(r"ambassador\.yaml:\d+", e.get("source") or e.get("text", ""))
+                                    for e in errors), errors)
+                self.assertGreater(total(metrics(self.proxy)[0], "nuncio_config_reloads_total", result="failed"),
+                                   failed)
+                self.assertEqual(self.proxy.stats()["generation"], gen, "no new generation")
+                with grpc.insecure_channel("127.0.0.1:%d" % self.proxy.port) as ch:
+                    r = hw_grpc.GreeterStub(ch).SayHello(hw.HelloRequest(name="old"), timeout=CALL_TIMEOUT)
+                self.assertEqual(r.message, "Hello, old!")
+                self.assertNotEqual(self.generation_seen(), str(500 + n), "the refused routes must not serve")
+                self.rewrite(600 + n)
+                self.wait_generation(600 + n)
+                self.assertEqual(diag_errors(self.proxy), [])
+        # An access log that cannot be opened on reload: logged, the old log kept, the routes still change.
+        mark = self.proxy.log_size()
+        self.rewrite(700, extra="---\napiVersion: getambassador.io/v3alpha1\nkind: Module\n"
+                                "metadata: {name: ambassador}\nspec: {config: {envoy_log_path: /nonexistent/a.log}}\n")
+        self.wait_generation(700)
+        self.assertIn("the old access log is kept", self.proxy.log(mark))
+        self.rewrite(701)
+        self.wait_generation(701)
+
     def test_reloads_under_load_lose_no_call(self):
         load = Load(self.proxy.port, minimum=2000)
         load.start()
-        start_gen = self.proxy.stats()["generation"]
+        start = self.proxy.stats()
+        start_gen = start["generation"]
         for gen in range(1, 21):
             self.rewrite(gen, with_echo=gen >= 20)
             if gen % 2:
@@ -147,9 +190,9 @@ class ReloadTest(NuncioTestCase):
         self.assertGreaterEqual(load.ok, 2000)
         stats = self.proxy.stats()
         self.assertGreaterEqual(stats["generation"], start_gen + 20)
-        self.assertEqual(stats["reloads_failed"], 0)
+        self.assertEqual(stats["reloads_failed"], start["reloads_failed"])
         samples, _ = metrics(self.proxy)
-        self.assertGreaterEqual(total(samples, "nuncio_config_reloads_total", result="ok"), 20)
+        self.assertGreaterEqual(total(samples, "nuncio_config_reloads_total", result="ok"), start["reloads_ok"] + 20)
         self.assertEqual(diag_errors(self.proxy), [])
 
         # A broken reload mid-load: refused, logged with file:line, counted; old routes serve.
@@ -179,6 +222,46 @@ class ReloadTest(NuncioTestCase):
         self.rewrite(21, with_echo=True)
         self.wait_generation(21)
         self.assertEqual(diag_errors(self.proxy), [])
+
+
+VERSION_FILTER = r"""
+local tag = require("it_tag")
+return { new = function() return {
+  on_request_headers = function(_, s) s.request:set("x-filter-version", tag) end,
+} end }
+"""
+
+
+class FilterReloadTest(NuncioTestCase):
+    """A reload runs the filter files as they are now (and the modules they require)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_upstream()
+        cls.start_proxy([mapping("greeter", "/helloworld.Greeter/", cls.up.address)], chain=[{"name": "it_ver"}],
+                        lua_files={"it_ver.lua": VERSION_FILTER, "it_tag.lua": 'return "v1"'})
+
+    def version_seen(self):
+        with grpc.insecure_channel("127.0.0.1:%d" % self.proxy.port) as ch:
+            hw_grpc.GreeterStub(ch).SayHello(hw.HelloRequest(name="v"), timeout=CALL_TIMEOUT)
+        return self.up.calls_to("/helloworld.Greeter/SayHello")[-1].get("x-filter-version")
+
+    def test_edited_filter_module_takes_effect(self):
+        self.assertEqual(self.version_seen(), "v1")
+        write_atomically(os.path.join(self.proxy.lua_dir, "it_tag.lua"), 'return "v2"')  # the watch reloads
+        deadline = time.monotonic() + SETTLE
+        while time.monotonic() < deadline and self.version_seen() != "v2":
+            time.sleep(0.05)  # poll interval
+        self.assertEqual(self.version_seen(), "v2")
+        # A syntax error in the filter: refused, the running version keeps serving.
+        write_atomically(os.path.join(self.proxy.lua_dir, "it_tag.lua"), 'return "v3" +')
+        self.proxy.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + SETTLE
+        while time.monotonic() < deadline and not diag_errors(self.proxy):
+            time.sleep(0.05)  # poll interval
+        self.assertTrue(any("it_tag" in (e.get("error", "") + e.get("text", "")) for e in diag_errors(self.proxy)),
+                        diag_errors(self.proxy))
+        self.assertEqual(self.version_seen(), "v2")
 
 
 class DrainTest(NuncioTestCase):
