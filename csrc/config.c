@@ -383,6 +383,7 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         lc->address = get_str(L, t, "address", "0.0.0.0");
         lc->port = get_int(L, t, "port", -1);
         lc->tls = get_bool(L, t, "tls");
+        lc->http2_max_concurrent_streams = get_int(L, t, "http2_max_concurrent_streams", 0);
         lc->l7_depth = get_int(L, t, "l7_depth", 0);
         char *model = get_str(L, t, "security_model", "XFP");
         lc->security_model = !model                           ? NU_SECURITY_XFP
@@ -446,12 +447,20 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
     /* Envoy's connection manager writes `server` on every response it sends. */
     lua_getfield(L, idx, "http");
     cfg->listener_idle_timeout_ms = 3600000; /* Envoy's default for the connection manager: 1 h */
+    cfg->max_request_headers_kb = 60;
+    cfg->buffer_limit_bytes = NU_DEFAULT_BUFFER_LIMIT_BYTES;
     if (lua_istable(L, -1)) {
         cfg->server_name = get_str(L, lua_gettop(L), "server_name", "envoy");
         cfg->listener_idle_timeout_ms = get_int(L, lua_gettop(L), "listener_idle_timeout_ms", 3600000);
         cfg->enable_grpc_web = get_bool(L, lua_gettop(L), "enable_grpc_web");
         cfg->enable_grpc_http11_bridge = get_bool(L, lua_gettop(L), "enable_grpc_http11_bridge");
         cfg->enable_http10 = get_bool(L, lua_gettop(L), "enable_http10");
+        cfg->max_request_headers_kb = get_int(L, lua_gettop(L), "max_request_headers_kb", 60);
+        cfg->max_request_bytes = get_int(L, lua_gettop(L), "max_request_bytes", 0);
+        cfg->buffer_limit_bytes =
+            get_int(L, lua_gettop(L), "buffer_limit_bytes", NU_DEFAULT_BUFFER_LIMIT_BYTES);
+        if (cfg->buffer_limit_bytes <= 0)
+            cfg->buffer_limit_bytes = NU_DEFAULT_BUFFER_LIMIT_BYTES;
         if (read_grpc_stats(L, lua_gettop(L), &cfg->grpc_stats) != NU_OK ||
             read_access_log(L, lua_gettop(L), &cfg->access_log) != NU_OK)
             goto nomem;
@@ -463,6 +472,10 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
             goto nomem;
     }
     cfg->request_headers_timeout_ms = get_int(L, idx, "request_headers_timeout_ms", 10000);
+    cfg->max_connections = get_int(L, idx, "max_connections", NU_DEFAULT_MAX_CONNECTIONS);
+    cfg->tls_handshake_timeout_ms = get_int(L, idx, "tls_handshake_timeout_ms", NU_DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS);
+    if (cfg->tls_handshake_timeout_ms <= 0)
+        cfg->tls_handshake_timeout_ms = NU_DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS;
     if (!cfg->server_name && !(cfg->server_name = strdup("envoy")))
         goto nomem;
 

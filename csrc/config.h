@@ -36,6 +36,7 @@ struct nu_listener_cfg {
     int tls; /* HTTPS: TLS and cleartext on one port, told apart by the first byte */
     int security_model;
     int l7_depth;
+    int http2_max_concurrent_streams; /* 0: the default (1000) */
 };
 
 /* How a cluster picks an endpoint per request (Mapping load_balancer.policy). */
@@ -120,6 +121,11 @@ struct nu_access_log_cfg {
     size_t n_json;
 };
 
+/* Envoy's per_connection_buffer_limit_bytes default (Module buffer_limit_bytes). */
+#define NU_DEFAULT_BUFFER_LIMIT_BYTES (1024 * 1024)
+#define NU_DEFAULT_MAX_CONNECTIONS 100000
+#define NU_DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS 10000
+
 /* Envoy's stream_idle_timeout default, for routes without idle_timeout_ms. */
 #define NU_DEFAULT_STREAM_IDLE_TIMEOUT_MS 300000
 
@@ -143,6 +149,14 @@ struct nu_config {
     int enable_grpc_http11_bridge;  /* Module enable_grpc_http11_bridge (present): HTTP/1.1 gRPC clients */
     int enable_http10;              /* Module enable_http10: serve HTTP/1.0 requests (else 426) */
     int request_headers_timeout_ms; /* preface and each header block must arrive within this; 0: no limit */
+    int max_request_headers_kb;     /* Module max_request_headers_kb (Envoy's 60) */
+    int max_request_bytes;          /* Module buffer.max_request_bytes: request bodies are held whole up to
+                                     * this, above it 413 (Envoy's buffer filter); 0: no buffer filter */
+    int buffer_limit_bytes;         /* Module buffer_limit_bytes: request body held per stream before the
+                                     * client is no longer read, and the most a filter waiting for a whole
+                                     * body may hold (Envoy's per_connection_buffer_limit_bytes, 1 MiB) */
+    int max_connections;            /* native: downstream connections of the whole process; 0: no limit */
+    int tls_handshake_timeout_ms;   /* native: accept to a finished TLS handshake */
     char **route_names;             /* model.routes[i].name, for metrics and logs */
     size_t n_routes;
     struct nu_grpc_stats_cfg grpc_stats;

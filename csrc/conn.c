@@ -47,6 +47,8 @@ static void conn_free(struct worker_defer *d)
     if (c->all_next)
         c->all_next->all_prev = c->all_prev;
     c->w->live_conns--;
+    if (c->on_free)
+        c->on_free(c);
     if (c->owner_release)
         c->owner_release(c->owner);
     free(c);
@@ -101,8 +103,10 @@ void conn_accept_with(struct conn *c, struct tls_server *ts, double first_byte_t
     c->ready_arg = arg;
     /* A silent client gets the shorter of the two deadlines: silence is not a
      * slow handshake, and the request-header timeout counts from accept. */
-    c->first_byte_timeout = CONN_HANDSHAKE_TIMEOUT;
-    if (first_byte_timeout > 0 && first_byte_timeout < CONN_HANDSHAKE_TIMEOUT)
+    if (c->handshake_timeout <= 0)
+        c->handshake_timeout = CONN_HANDSHAKE_TIMEOUT;
+    c->first_byte_timeout = c->handshake_timeout;
+    if (first_byte_timeout > 0 && first_byte_timeout < c->handshake_timeout)
         c->first_byte_timeout = first_byte_timeout;
     ev_timer_init(&c->connect_timer, on_timeout, c->first_byte_timeout, 0.);
 }
@@ -129,8 +133,8 @@ static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
                c->first_byte_timeout);
         conn_close(c, NU_ERR_TIMEOUT);
     } else if (c->handshaking) {
-        nu_log(NU_LOG_INFO, "[c%llu] %s: no TLS handshake within %.0f s: closed", (unsigned long long)c->id, c->peer,
-               CONN_HANDSHAKE_TIMEOUT);
+        nu_log(NU_LOG_INFO, "[c%llu] %s: no TLS handshake within %.3g s: closed", (unsigned long long)c->id, c->peer,
+               c->handshake_timeout);
         conn_close(c, NU_ERR_TIMEOUT);
     }
 }
@@ -338,8 +342,8 @@ static void sniff(struct conn *c)
     c->sniffing = 0;
     if (b == 0x16 && c->sniff_tls) {
         /* The first byte's deadline may have been shorter: the handshake ends
-         * CONN_HANDSHAKE_TIMEOUT after accept, as before. */
-        double left = c->accepted_at + CONN_HANDSHAKE_TIMEOUT - ev_now(c->w->loop);
+         * handshake_timeout after accept, as before. */
+        double left = c->accepted_at + c->handshake_timeout - ev_now(c->w->loop);
         ev_timer_stop(c->w->loop, &c->connect_timer);
         ev_timer_set(&c->connect_timer, left > 0 ? left : 0., 0.);
         ev_timer_start(c->w->loop, &c->connect_timer);

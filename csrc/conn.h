@@ -20,7 +20,9 @@ struct tls_client;
  * and, for TLS, the handshake). Returns 0 or an nu_err. */
 typedef int (*conn_ready_fn)(struct conn *c, void *arg);
 
-/* How long a downstream client may take from accept to a finished TLS handshake. */
+/* How long a downstream client may take from accept to a finished TLS
+ * handshake, unless conn.handshake_timeout says otherwise (native
+ * tls_handshake_timeout_ms; its default is this). */
 #define CONN_HANDSHAKE_TIMEOUT 10.0
 
 /* What a protocol codec plugs into a conn. */
@@ -69,6 +71,8 @@ struct conn {
     /* What the conn holds a reference on (its listener's front); released when it is freed. */
     void *owner;
     void (*owner_release)(void *owner);
+    /* Called when the conn is freed (the listener's connection count); NULL: nothing. */
+    void (*on_free)(struct conn *c);
     unsigned in_pending : 1;
     unsigned connecting : 1;
     unsigned closing : 1;
@@ -81,6 +85,8 @@ struct conn {
     int local_port;
     double accepted_at;        /* downstream: ev_now() at accept */
     double first_byte_timeout; /* downstream: how long the client may stay silent after accept */
+    double handshake_timeout;  /* downstream: accept to a finished TLS handshake (0: CONN_HANDSHAKE_TIMEOUT);
+                                * set before conn_accept_with */
     double connect_timeout;    /* upstream: for the TCP connect, then again for the TLS handshake */
     char peer[64];             /* "ip:port" for logs */
     char detail[200];          /* why a connect or handshake failed, for replies and logs */
@@ -93,7 +99,7 @@ struct conn *conn_connect(struct worker *w, const struct sockaddr *sa, socklen_t
 /* Downstream: wait for the first byte; a TLS handshake record starts TLS with
  * ts (NULL: cleartext only), anything else is cleartext. ready attaches the codec.
  * first_byte_timeout: a client silent that long is cut (0: only the handshake
- * deadline, CONN_HANDSHAKE_TIMEOUT, applies; it is never longer than that). */
+ * deadline, c->handshake_timeout, applies; it is never longer than that). */
 void conn_accept_with(struct conn *c, struct tls_server *ts, double first_byte_timeout, conn_ready_fn ready, void *arg);
 const char *conn_alpn(struct conn *c);
 void conn_set_handler(struct conn *c, const struct conn_handler *h, void *codec);

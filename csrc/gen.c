@@ -25,6 +25,10 @@ struct front *front_new(struct worker *w, const struct nu_config *cfg, const str
     f->idle_timeout = cfg->listener_idle_timeout_ms / 1000.0;
     f->header_timeout = cfg->request_headers_timeout_ms / 1000.0;
     f->enable_http10 = cfg->enable_http10;
+    f->max_concurrent_streams =
+        lc->http2_max_concurrent_streams > 0 ? (unsigned)lc->http2_max_concurrent_streams : 1000;
+    f->max_header_list_size = (uint32_t)(cfg->max_request_headers_kb > 0 ? cfg->max_request_headers_kb : 60) * 1024;
+    f->body_window = (uint32_t)(cfg->buffer_limit_bytes > 0 ? cfg->buffer_limit_bytes : NU_DEFAULT_BUFFER_LIMIT_BYTES);
     if (lc->tls) {
         char why[400];
         f->tls = tls_server_new(cfg->tls_contexts, cfg->n_tls_contexts, why, sizeof why);

@@ -29,6 +29,10 @@ struct front {
     int security_model;
     int l7_depth;
     double idle_timeout, header_timeout; /* seconds; 0: off */
+    unsigned max_concurrent_streams;     /* HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS */
+    uint32_t max_header_list_size;       /* bytes of a request's header block */
+    uint32_t body_window;                /* request body bytes held per stream before the client is not
+                                          * read (Module buffer_limit_bytes): HTTP/1.1's window */
     int enable_http10;
     char *server_name; /* owned */
 };

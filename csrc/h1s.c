@@ -216,7 +216,7 @@ static int scan_head(struct h1s *s, const uint8_t *p, size_t n, const char **why
 {
     for (size_t i = 0; i < n && s->scan != SCAN_DONE; i++) {
         uint8_t b = p[i];
-        if (++s->head_len > H1S_MAX_HEADER_BYTES) {
+        if (++s->head_len > s->o.max_header_bytes) {
             *why = s->line_no == 0 ? "request line too long" : "request headers too large";
             return s->line_no == 0 ? 414 : 431;
         }
@@ -282,7 +282,7 @@ static int add_piece(struct h1s *s, const char *at, size_t len, size_t *bytes)
         s->reject_why = "out of memory reading a request head";
         return -1;
     }
-    if (bytes && (*bytes += len) > H1S_MAX_HEADER_BYTES) {
+    if (bytes && (*bytes += len) > s->o.max_header_bytes) {
         s->reject_status = 431;
         s->reject_why = "request trailers too large";
         return -1;
@@ -368,7 +368,7 @@ static int on_body(http_parser *p, const char *at, size_t len)
     /* Not on a Content-Length body's last bytes: the parser would wait, paused,
      * for a byte that never comes to tell it the message is complete. */
     int last = !(p->flags & F_CHUNKED) && p->content_length == 0;
-    if (x->down.unconsumed >= H1S_BODY_WINDOW && !s->abort && !last) {
+    if (x->down.unconsumed >= s->o.body_window && !s->abort && !last) {
         s->body_blocked = 1;
         http_parser_pause(p, 1);
     }
@@ -886,7 +886,7 @@ static void h1s_consume(struct exchange *x, size_t n)
     if (n > x->down.unconsumed)
         n = (size_t)x->down.unconsumed;
     x->down.unconsumed -= n;
-    if (s->body_blocked && x->down.unconsumed < H1S_BODY_WINDOW / 2) {
+    if (s->body_blocked && x->down.unconsumed <= s->o.body_window / 2) {
         /* Parsing resumes from fill: this runs inside the stream's own calls. */
         s->body_blocked = 0;
         conn_want_write(s->conn);
@@ -1032,6 +1032,10 @@ int h1s_attach(struct conn *c, h1s_open_fn open, void *arg, const struct h1s_opt
     s->open = open;
     s->open_arg = arg;
     s->o = *o;
+    if (!s->o.max_header_bytes)
+        s->o.max_header_bytes = H1S_MAX_HEADER_BYTES;
+    if (!s->o.body_window)
+        s->o.body_window = H1S_BODY_WINDOW;
     s->sniffing = o->to_h2 != NULL;
     http_parser_init(&s->parser, HTTP_REQUEST);
     s->parser.data = s;

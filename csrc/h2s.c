@@ -2,16 +2,36 @@
 #include "conn.h"
 #include "exchange.h"
 #include "h2_common.h"
+#include "h2_guard.h"
 #include "h2_mem.h"
 #include "log.h"
 #include "nuncio.h"
 
 #include <nghttp2/nghttp2.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Request header blocks above this are refused (RST_STREAM); Envoy's default limit is 60 KiB. */
+/* Request header blocks above this are refused (RST_STREAM) when the
+ * listener sets no limit (h2s_opts.max_header_list_size 0); Envoy's default is 60 KiB. */
 #define H2S_MAX_HEADER_BYTES (60 * 1024)
+
+/* How often the watchdog looks for zero-window stalls and slow reads
+ * (h2_guard.h) while streams are open: a stall is seen at most this late. */
+#define H2S_WATCH_TICK 2.0
+
+/* nghttp2's own limits, behind the budgets of h2_guard.h (which trip first,
+ * and are the ones logged and counted). Outgoing SETTINGS/PING ACKs queued
+ * because the client does not read them: nghttp2's default. */
+#define H2S_MAX_OUTBOUND_ACK 1000
+/* nghttp2 counts every RST_STREAM, cancels of finished or long-lived streams
+ * too (its default, 1000 then 33/s, would cut a busy client whose deadlines
+ * expire); the premature-reset budget is the real one. */
+#define H2S_RESET_BURST 10000
+#define H2S_RESET_RATE 1000
+/* Our HPACK encoder's table, whatever SETTINGS_HEADER_TABLE_SIZE the client
+ * offers: a client cannot make us keep more per connection (nghttp2's default). */
+#define H2S_DEFLATE_TABLE 4096
 
 /* After our GOAWAY, a client that does not read it still loses the connection this much later. */
 #define H2S_GOAWAY_LINGER 5.0
@@ -20,22 +40,29 @@
  * buffer pages back: 10 000 idle clients then cost about 6 KiB each, not 18. */
 #define H2S_QUIET 0.5
 
+#define H2S_FRAME_DATA 0x0
 #define H2S_FRAME_HEADERS 0x1
 #define H2S_FRAME_SETTINGS 0x4
 #define H2S_FRAME_CONTINUATION 0x9
 #define H2S_FLAG_END_HEADERS 0x4
+#define H2S_FLAG_PADDED 0x8
 
-/* The client's frames as the request-header timeout sees them, read off the
- * raw bytes: nghttp2 says nothing about a header block it ignores (a refused
- * stream's) and nothing while a frame's payload trickles in. */
+/* The client's frames as the request-header timeout and the abuse budgets
+ * see them, read off the raw bytes: nghttp2 says nothing about a header
+ * block it ignores (a refused stream's), nothing while a frame's payload
+ * trickles in, and a flood is best cut before nghttp2 works on it. */
 struct h2s_framer {
     uint32_t preface_left; /* client preface bytes still to come */
     uint8_t head[9];       /* the frame header being read */
     uint8_t head_len;
     uint8_t type, flags;
+    uint32_t length;            /* of the current frame */
     uint32_t payload_left;      /* of the current frame */
+    unsigned pad_pending : 1;   /* a PADDED DATA frame whose pad length byte is still to come */
     int32_t block_stream;       /* stream of the open (or last) header block */
     int32_t last_complete;      /* highest stream whose header block ended */
+    int32_t max_opened;         /* highest stream a HEADERS frame named */
+    int32_t suspect;            /* a HEADERS frame named a lower stream: open (trailers) or not (an error)? */
     unsigned settings_done : 1; /* the client's first SETTINGS frame is in, whole */
     unsigned in_block : 1;      /* a HEADERS frame came and its block has not ended */
 };
@@ -57,6 +84,15 @@ struct h2s {
     int watching;                        /* H2S_WATCH_* */
     int terminating;                     /* GOAWAY submitted: the connection closes once it is written */
     int released;                        /* the quiet release ran since the last stream closed */
+    int abused;                          /* an abuse budget was broken and answered: nothing more is read */
+    uint32_t max_header_list;            /* request header block limit (bytes of names and values) */
+    int32_t refuse_id;                   /* the stream whose header block went over it: reset at the block's end */
+    ev_timer watch_timer;                /* the stall watchdog: runs while streams are open or output is stuck */
+    struct h2g_stall zero_window, slow_read;
+    uint64_t data_sent; /* response DATA bytes framed */
+    uint64_t drained;   /* output bytes the conn wrote to the socket */
+    size_t out_mark;    /* conn_pending() when last looked at (see note_drained) */
+    struct h2_guard guard;
     struct h2s_framer fr;
     struct h2_mem_session mem; /* the session's allocator state (h2_mem.c); outlives the session */
 };
@@ -88,14 +124,26 @@ static struct exchange *stream_x(nghttp2_session *ng, int32_t id)
     return nghttp2_session_get_stream_user_data(ng, id);
 }
 
-static void framer_feed(struct h2s_framer *f, const uint8_t *p, size_t n)
+/* Reads the client's bytes p[0..n) into f, counting each frame against g
+ * (NULL: no budgets, the unit tests' framer). Stops early after a header
+ * block frame, so that nghttp2, fed exactly the bytes returned, decodes the
+ * block while g knows its size on the wire (h2_guard_field). On a broken
+ * budget *abuse is set and the count returned stops before the frame that
+ * broke it: nghttp2 never sees that frame. */
+static size_t framer_step(struct h2s_framer *f, struct h2_guard *g, double now, const uint8_t *p, size_t n, int *abuse)
 {
+    const uint8_t *start = p;
+    /* Where the current frame began in p; negative: before p. */
+    ptrdiff_t frame_at = -1;
+    *abuse = H2_ABUSE_NONE;
     size_t k = n < f->preface_left ? n : f->preface_left;
     f->preface_left -= (uint32_t)k;
     p += k;
     n -= k;
     while (n > 0) {
         if (f->head_len < sizeof f->head) {
+            if (f->head_len == 0)
+                frame_at = p - start;
             k = sizeof f->head - f->head_len;
             if (k > n)
                 k = n;
@@ -105,14 +153,33 @@ static void framer_feed(struct h2s_framer *f, const uint8_t *p, size_t n)
             n -= k;
             if (f->head_len < sizeof f->head)
                 break;
-            f->payload_left = (uint32_t)f->head[0] << 16 | (uint32_t)f->head[1] << 8 | f->head[2];
+            f->length = f->payload_left = (uint32_t)f->head[0] << 16 | (uint32_t)f->head[1] << 8 | f->head[2];
             f->type = f->head[3];
             f->flags = f->head[4];
+            f->pad_pending = 0;
             if (f->type == H2S_FRAME_HEADERS) {
                 f->in_block = 1;
                 f->block_stream = (int32_t)(((uint32_t)f->head[5] & 0x7f) << 24 | (uint32_t)f->head[6] << 16 |
                                             (uint32_t)f->head[7] << 8 | f->head[8]);
+                if (f->block_stream < f->max_opened)
+                    f->suspect = f->block_stream;
+                else
+                    f->max_opened = f->block_stream;
             }
+            if (g) {
+                if (f->type == H2S_FRAME_DATA && (f->flags & H2S_FLAG_PADDED) && f->length > 0)
+                    f->pad_pending = 1; /* empty or not: the pad length byte tells */
+                else
+                    *abuse = h2_guard_frame(g, now, f->type, f->flags, f->length, f->length == 0);
+                if (*abuse != H2_ABUSE_NONE)
+                    return frame_at > 0 ? (size_t)frame_at : 0;
+            }
+        }
+        if (f->pad_pending && n > 0) {
+            f->pad_pending = 0;
+            *abuse = h2_guard_frame(g, now, f->type, f->flags, f->length, f->length == 1u + p[0]);
+            if (*abuse != H2_ABUSE_NONE)
+                return frame_at > 0 ? (size_t)frame_at : 0;
         }
         k = n < f->payload_left ? n : f->payload_left;
         f->payload_left -= (uint32_t)k;
@@ -120,15 +187,20 @@ static void framer_feed(struct h2s_framer *f, const uint8_t *p, size_t n)
         n -= k;
         if (f->payload_left > 0)
             break;
+        f->head_len = 0;
         if (f->type == H2S_FRAME_SETTINGS)
             f->settings_done = 1;
-        if ((f->type == H2S_FRAME_HEADERS || f->type == H2S_FRAME_CONTINUATION) && (f->flags & H2S_FLAG_END_HEADERS)) {
-            f->in_block = 0;
-            if (f->block_stream > f->last_complete)
-                f->last_complete = f->block_stream;
+        if (f->type == H2S_FRAME_HEADERS || f->type == H2S_FRAME_CONTINUATION) {
+            if (f->flags & H2S_FLAG_END_HEADERS) {
+                f->in_block = 0;
+                if (f->block_stream > f->last_complete)
+                    f->last_complete = f->block_stream;
+            }
+            if (g)
+                break;
         }
-        f->head_len = 0;
     }
+    return (size_t)(p - start);
 }
 
 static void on_linger(struct ev_loop *loop, ev_timer *t, int revents)
@@ -139,23 +211,112 @@ static void on_linger(struct ev_loop *loop, ev_timer *t, int revents)
     conn_close(s->conn, NU_ERR_TIMEOUT);
 }
 
-/* GOAWAY (NO_ERROR, with last_stream: the client may retry every later
- * stream elsewhere), then close once it is written. */
-static void goaway_and_close(struct h2s *s, int32_t last_stream)
+/* GOAWAY (with last_stream: the client may retry every later stream
+ * elsewhere), then close once it is written. nghttp2 ignores whatever the
+ * client sends from here on. Returns NU_OK, or NU_ERR_NOMEM when no GOAWAY
+ * could be queued: the caller closes (never from inside an nghttp2 callback). */
+static int goaway(struct h2s *s, int32_t last_stream, uint32_t code)
 {
     struct ev_loop *loop = s->conn->w->loop;
     ev_timer_stop(loop, &s->idle_timer);
     ev_timer_stop(loop, &s->hdr_timer);
+    ev_timer_stop(loop, &s->watch_timer);
     s->watching = H2S_WATCH_NONE;
     s->terminating = 1;
     /* A client we never heard may not speak HTTP/2 at all: no frames for it. */
-    if (!s->heard_client || nghttp2_session_terminate_session2(s->ng, last_stream, NGHTTP2_NO_ERROR) != 0) {
-        conn_close(s->conn, NU_ERR_TIMEOUT);
-        return;
-    }
+    if (!s->heard_client || nghttp2_session_terminate_session2(s->ng, last_stream, code) != 0)
+        return NU_ERR_NOMEM;
     ev_timer_set(&s->linger_timer, H2S_GOAWAY_LINGER, 0.);
     ev_timer_start(loop, &s->linger_timer);
     conn_want_write(s->conn);
+    return NU_OK;
+}
+
+static void goaway_and_close(struct h2s *s, int32_t last_stream)
+{
+    if (goaway(s, last_stream, NGHTTP2_NO_ERROR) != NU_OK)
+        conn_close(s->conn, NU_ERR_TIMEOUT);
+}
+
+/* The answer to every broken budget (h2_guard.h): counted, logged once, then
+ * GOAWAY ENHANCE_YOUR_CALM and the close once it is written. A slow reader
+ * would never read a GOAWAY: it is closed at once (outside nghttp2 callbacks
+ * only, as the watchdog is). Returns NU_OK, or an error when the connection
+ * must be failed instead (from a callback: NGHTTP2_ERR_CALLBACK_FAILURE). */
+static int answer_abuse(struct h2s *s, int kind, const char *detail)
+{
+    if (s->abused)
+        return NU_OK;
+    s->abused = 1;
+    struct conn *c = s->conn;
+    c->w->h2_abuse[kind]++;
+    int cut = kind == H2_ABUSE_SLOW_READ;
+    nu_log(NU_LOG_WARN, "[c%llu] %s: HTTP/2 abuse %s (%s): %s", (unsigned long long)c->id, c->peer, h2_abuse_name(kind),
+           detail, cut ? "closed" : "GOAWAY ENHANCE_YOUR_CALM, closing");
+    if (cut) {
+        s->terminating = 1;
+        conn_close(c, NU_ERR_TIMEOUT);
+        return NU_OK;
+    }
+    return goaway(s, nghttp2_session_get_last_proc_stream_id(s->ng), NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+/* Output bytes written since the last look: only fill adds output, so what
+ * conn_pending() lost in between went to the socket. */
+static void note_drained(struct h2s *s)
+{
+    size_t p = conn_pending(s->conn);
+    if (p < s->out_mark)
+        s->drained += s->out_mark - p;
+    s->out_mark = p;
+}
+
+/* Response data waits, and the client's windows let none of it go. */
+static int window_shut(struct h2s *s)
+{
+    int waiting = 0;
+    int32_t conn_window = nghttp2_session_get_remote_window_size(s->ng);
+    for (struct side *sd = s->sides; sd; sd = sd->next) {
+        if (sd->x->resp.body.bytes == 0)
+            continue;
+        waiting = 1;
+        if (conn_window > 0 && nghttp2_session_get_stream_remote_window_size(s->ng, sd->id) > 0)
+            return 0;
+    }
+    return waiting;
+}
+
+static void watch_start(struct h2s *s)
+{
+    if (s->terminating || ev_is_active(&s->watch_timer))
+        return;
+    ev_timer_set(&s->watch_timer, H2S_WATCH_TICK, H2S_WATCH_TICK);
+    ev_timer_start(s->conn->w->loop, &s->watch_timer);
+}
+
+static void on_watch(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    struct h2s *s = nu_container_of(t, struct h2s, watch_timer);
+    double now = ev_now(loop);
+    char d[128];
+    note_drained(s);
+    size_t pending = conn_pending(s->conn);
+    /* The output must turn over: what was queued when it reached the mark
+     * must be written within the period, however slowly. */
+    if (h2_guard_stall(&s->slow_read, now, pending >= CONN_WBUF_HIGH, s->drained, pending, H2G_STALL)) {
+        snprintf(d, sizeof d, "%zu bytes queued for it and not written within %.0f s", pending,
+                 now - s->slow_read.since);
+        answer_abuse(s, H2_ABUSE_SLOW_READ, d);
+        return;
+    }
+    if (h2_guard_stall(&s->zero_window, now, window_shut(s), s->data_sent, H2G_STALL_MIN_BYTES, H2G_STALL)) {
+        snprintf(d, sizeof d, "response data waiting behind its closed windows for %.0f s", now - s->zero_window.since);
+        if (answer_abuse(s, H2_ABUSE_ZERO_WINDOW, d) != NU_OK)
+            conn_close(s->conn, NU_ERR_NOMEM);
+        return;
+    }
+    if (!s->sides && pending == 0 && !s->slow_read.on)
+        ev_timer_stop(loop, t);
 }
 
 /* No stream for H2S_QUIET: what the connection only needs while it is busy
@@ -256,6 +417,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     x->down.x = x;
     link_side(s, &x->down);
     ev_timer_stop(s->conn->w->loop, &s->idle_timer);
+    h2_guard_stream_open(&s->guard, ev_now(s->conn->w->loop), frame->hd.stream_id);
+    watch_start(s);
     nghttp2_session_set_stream_user_data(ng, frame->hd.stream_id, x);
     return 0;
 }
@@ -263,16 +426,28 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
 static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
+    struct h2s *s = ud;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    struct exchange *x = stream_x(ng, frame->hd.stream_id);
-    if (!x)
+    if (h2_guard_field(&s->guard, nlen, vlen) != H2_ABUSE_NONE) {
+        char d[160];
+        h2_guard_describe(&s->guard, H2_ABUSE_HPACK_BOMB, d, sizeof d);
+        /* Paused: mem_recv returns now rather than decode the rest (nghttp2 ignores it all from here). */
+        return answer_abuse(s, H2_ABUSE_HPACK_BOMB, d) == NU_OK ? NGHTTP2_ERR_PAUSE : NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    int32_t id = frame->hd.stream_id;
+    struct exchange *x = stream_x(ng, id);
+    if (!x || id == s->refuse_id)
         return 0;
     struct hdr_map *m = frame->headers.cat == NGHTTP2_HCAT_REQUEST ? &x->req.hdrs : &x->req.trailers;
-    if (m->bytes + nlen + vlen > H2S_MAX_HEADER_BYTES) {
-        nu_log(NU_LOG_INFO, "[c%llu s%d] request headers over %d bytes: stream refused",
-               (unsigned long long)((struct h2s *)ud)->conn->id, frame->hd.stream_id, H2S_MAX_HEADER_BYTES);
-        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (m->bytes + nlen + vlen > s->max_header_list) {
+        nu_log(NU_LOG_INFO, "[c%llu s%d] request headers over %u bytes: stream refused",
+               (unsigned long long)s->conn->id, id, s->max_header_list);
+        /* Reset at the block's end (on_frame_recv): until then the block is
+         * still decoded and counted, which tells an HPACK bomb from merely
+         * large headers. */
+        s->refuse_id = id;
+        return 0;
     }
     if (hdr_add(m, (const char *)name, nlen, (const char *)value, vlen) != NU_OK)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -281,6 +456,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
 
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
+    struct h2s *s = ud;
     struct exchange *x;
     int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (frame->hd.type) {
@@ -288,6 +464,13 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         x = stream_x(ng, frame->hd.stream_id);
         if (!x)
             return 0;
+        if (frame->hd.stream_id == s->refuse_id) {
+            /* As nghttp2 does for a callback's NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE: this stream only. */
+            s->refuse_id = 0;
+            return nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_INTERNAL_ERROR) == 0
+                       ? 0
+                       : NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
         if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
             if (end)
                 x->req.end = 1;
@@ -305,6 +488,18 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
             x->down_ev->on_end(x);
         }
         break;
+    case NGHTTP2_RST_STREAM: {
+        /* Called before nghttp2 closes the stream: its exchange is still here. */
+        if (!stream_x(ng, frame->hd.stream_id))
+            break;
+        int done = nghttp2_session_get_stream_local_close(ng, frame->hd.stream_id) == 1;
+        if (h2_guard_reset(&s->guard, ev_now(s->conn->w->loop), frame->hd.stream_id, done) != H2_ABUSE_NONE) {
+            char d[160];
+            h2_guard_describe(&s->guard, H2_ABUSE_RAPID_RESET, d, sizeof d);
+            return answer_abuse(s, H2_ABUSE_RAPID_RESET, d) == NU_OK ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+        break;
+    }
     default:
         break;
     }
@@ -333,6 +528,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
         return 0;
     nghttp2_session_set_stream_user_data(ng, id, NULL);
     unlink_side(s, &x->down);
+    h2_guard_stream_end(&s->guard, ev_now(s->conn->w->loop));
     if (!s->sides)
         idle_start(s);
     /* Bytes still queued for this stream will never be consumed through it;
@@ -385,8 +581,12 @@ static int send_response_data(nghttp2_session *ng, nghttp2_frame *frame, const u
     struct h2s *s = ud;
     struct exchange *x = source->ptr;
     int rv = h2_write_data_frame(s->conn, frame, framehd, &x->resp.body, length);
-    if (rv != NGHTTP2_ERR_CALLBACK_FAILURE && length > 0)
-        x->down_ev->on_body_taken(x, length);
+    if (rv != NGHTTP2_ERR_CALLBACK_FAILURE) {
+        h2_guard_data_sent(&s->guard);
+        s->data_sent += length;
+        if (length > 0)
+            x->down_ev->on_body_taken(x, length);
+    }
     return rv;
 }
 
@@ -454,14 +654,58 @@ static const struct side_ops h2s_ops = {
 static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
 {
     struct h2s *s = c->codec;
-    ssize_t rv = nghttp2_session_mem_recv(s->ng, p, n);
-    if (rv < 0) {
-        nu_log(NU_LOG_INFO, "[c%llu] %s: HTTP/2 error: %s", (unsigned long long)c->id, c->peer,
-               nghttp2_strerror((int)rv));
-        return NU_ERR_PROTO;
+    double now = ev_now(c->w->loop);
+    /* Answered: what else the client says is not read (nghttp2 would ignore it). */
+    while (n > 0 && !s->abused) {
+        int kind;
+        size_t k = framer_step(&s->fr, &s->guard, now, p, n, &kind);
+        /* RFC 9113 §5.1.1: a new stream must have a higher id than every
+         * stream before it; HEADERS on a lower id that is not open (not
+         * trailers) is a connection error, which nghttp2 would pass over in
+         * silence. Asked before nghttp2 reads the frame: trailers may close it. */
+        int32_t bad_id = 0;
+        if (s->fr.suspect) {
+            if (!nghttp2_session_find_stream(s->ng, s->fr.suspect))
+                bad_id = s->fr.suspect;
+            s->fr.suspect = 0;
+        }
+        if (k > 0) {
+            ssize_t rv = nghttp2_session_mem_recv(s->ng, p, k);
+            if (rv < 0) {
+                /* nghttp2's own limits, behind ours: no GOAWAY can follow these errors. */
+                int lim = rv == NGHTTP2_ERR_FLOODED                  ? H2_ABUSE_SLOW_READ
+                          : rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ? H2_ABUSE_CONTINUATION
+                                                                     : H2_ABUSE_NONE;
+                if (lim != H2_ABUSE_NONE) {
+                    c->w->h2_abuse[lim]++;
+                    nu_log(NU_LOG_WARN, "[c%llu] %s: HTTP/2 abuse %s (nghttp2: %s): closed", (unsigned long long)c->id,
+                           c->peer, h2_abuse_name(lim), nghttp2_strerror((int)rv));
+                } else {
+                    nu_log(NU_LOG_INFO, "[c%llu] %s: HTTP/2 error: %s", (unsigned long long)c->id, c->peer,
+                           nghttp2_strerror((int)rv));
+                }
+                return NU_ERR_PROTO;
+            }
+            s->heard_client = 1;
+        }
+        if (bad_id && !s->terminating) {
+            nu_log(NU_LOG_INFO,
+                   "[c%llu] %s: HEADERS on stream %d after stream %d (RFC 9113 5.1.1): GOAWAY PROTOCOL_ERROR",
+                   (unsigned long long)c->id, c->peer, bad_id, s->fr.max_opened);
+            if (goaway(s, nghttp2_session_get_last_proc_stream_id(s->ng), NGHTTP2_PROTOCOL_ERROR) != NU_OK)
+                return NU_ERR_NOMEM;
+            break;
+        }
+        if (kind != H2_ABUSE_NONE) {
+            char d[160];
+            h2_guard_describe(&s->guard, kind, d, sizeof d);
+            if (answer_abuse(s, kind, d) != NU_OK)
+                return NU_ERR_NOMEM;
+            break;
+        }
+        p += k;
+        n -= k;
     }
-    s->heard_client = 1;
-    framer_feed(&s->fr, p, n);
     watch_headers(s);
     return 0;
 }
@@ -473,6 +717,7 @@ static int h2s_fill(struct conn *c)
      * preface (ALPN h2, then silence or junk) gets no frames. */
     if (!s->heard_client)
         return 0;
+    note_drained(s);
     while (conn_pending(c) < CONN_WBUF_HIGH) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
@@ -486,6 +731,9 @@ static int h2s_fill(struct conn *c)
         if (buf_append(&c->wbuf, data, (size_t)n) != NU_OK)
             return NU_ERR_NOMEM;
     }
+    s->out_mark = conn_pending(c);
+    if (s->out_mark >= CONN_WBUF_HIGH)
+        watch_start(s); /* the client may have stopped reading */
     if (!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng))
         return 1;
     return 0;
@@ -497,6 +745,7 @@ static void h2s_on_close(struct conn *c, int err)
     ev_timer_stop(c->w->loop, &s->idle_timer);
     ev_timer_stop(c->w->loop, &s->hdr_timer);
     ev_timer_stop(c->w->loop, &s->linger_timer);
+    ev_timer_stop(c->w->loop, &s->watch_timer);
     /* nghttp2_session_del reports no stream closes, so tell every stream here. */
     while (s->sides) {
         struct side *sd = s->sides;
@@ -548,9 +797,9 @@ static const struct conn_handler h2s_handler = {
     .drain = h2s_drain,
 };
 
-int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams, double idle_timeout,
-               double header_timeout)
+int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, const struct h2s_opts *o)
 {
+    double idle_timeout = o->idle_timeout, header_timeout = o->header_timeout;
     struct h2s *s = calloc(1, sizeof *s);
     if (!s)
         return NU_ERR_NOMEM;
@@ -560,6 +809,9 @@ int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams
     s->idle_timeout = idle_timeout;
     s->header_timeout = header_timeout;
     s->fr.preface_left = NGHTTP2_CLIENT_MAGIC_LEN;
+    s->max_header_list = o->max_header_list_size ? o->max_header_list_size : H2S_MAX_HEADER_BYTES;
+    h2_guard_init(&s->guard, s->max_header_list, ev_now(c->w->loop));
+    ev_timer_init(&s->watch_timer, on_watch, H2S_WATCH_TICK, H2S_WATCH_TICK);
     ev_timer_init(&s->idle_timer, on_idle, idle_timeout, 0.);
     ev_timer_init(&s->hdr_timer, on_header_timeout, header_timeout, 0.);
     ev_timer_init(&s->linger_timer, on_linger, H2S_GOAWAY_LINGER, 0.);
@@ -575,11 +827,18 @@ int h2s_attach(struct conn *c, h2s_open_fn open, void *arg, unsigned max_streams
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_send_data_callback(cb, send_response_data);
     nghttp2_option *opt = h2_new_option();
+    if (opt) {
+        nghttp2_option_set_max_continuations(opt, s->guard.max_continuations);
+        nghttp2_option_set_max_settings(opt, H2G_MAX_SETTINGS_ENTRIES);
+        nghttp2_option_set_max_outbound_ack(opt, H2S_MAX_OUTBOUND_ACK);
+        nghttp2_option_set_stream_reset_rate_limit(opt, H2S_RESET_BURST, H2S_RESET_RATE);
+        nghttp2_option_set_max_deflate_dynamic_table_size(opt, H2S_DEFLATE_TABLE);
+    }
     int rv = opt ? nghttp2_session_server_new3(&s->ng, cb, s, opt, h2_mem_session(&s->mem, c->w)) : NGHTTP2_ERR_NOMEM;
     nghttp2_session_callbacks_del(cb);
     if (opt)
         nghttp2_option_del(opt);
-    if (rv != 0 || h2_send_settings(s->ng, max_streams) != NU_OK) {
+    if (rv != 0 || h2_send_settings(s->ng, o->max_concurrent_streams) != NU_OK) {
         if (rv == 0)
             nghttp2_session_del(s->ng);
         free(s);

@@ -21,11 +21,16 @@ struct listener {
     int want_port; /* the configured one: a reload keeps the socket when address and port stay */
     char name[128];
     char address[128];
+    int paused;     /* the process is at max_connections: not accepting until a connection closes */
+    ev_timer retry; /* while paused: look again (a slot may free up on another worker) */
 };
 
 /* Binds address:port (SO_REUSEPORT, so workers can each bind it). */
 struct listener *listener_open(struct worker *w, const char *name, const char *address, int port,
                                listener_attach_fn attach, void *arg, int *err);
 void listener_close(struct listener *l);
+
+/* Downstream connections held now by the whole process (data workers' listeners only). */
+long listener_conns_held(void);
 
 #endif

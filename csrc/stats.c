@@ -866,6 +866,8 @@ static void render_sums(struct out *o, struct stats_snap *const *snaps, size_t n
         t.upstream_retries += g->upstream_retries;
         t.upstream_ejections += g->upstream_ejections;
         t.lua_errors += g->lua_errors;
+        for (int k = 0; k < H2_ABUSE_KINDS; k++)
+            t.h2_abuse[k] += g->h2_abuse[k];
         dropped += snaps[i]->dropped;
     }
     single(o, "nuncio_downstream_connections_active", "gauge", "Open downstream connections.",
@@ -880,6 +882,16 @@ static void render_sums(struct out *o, struct stats_snap *const *snaps, size_t n
     single(o, "nuncio_lua_errors_total", "counter", "Errors raised by Lua filters.", t.lua_errors);
     single(o, "nuncio_stats_series_dropped_total", "counter",
            "Metric updates dropped because a worker reached its series or label bytes limit.", dropped);
+    /* Every kind, zeros too: a scrape can tell "never" from "not reported". */
+    family(o, "nuncio_http2_abuse_total", "counter",
+           "HTTP/2 connections closed for breaking an abuse budget, by kind.");
+    for (int k = 0; k < H2_ABUSE_KINDS; k++) {
+        puts_(o, "nuncio_http2_abuse_total{kind=\"");
+        puts_(o, h2_abuse_name(k));
+        puts_(o, "\"} ");
+        put_u64(o, t.h2_abuse[k]);
+        puts_(o, "\n");
+    }
 }
 
 static void render_requests(struct out *o, struct stats_snap *const *snaps, size_t n)

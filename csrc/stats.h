@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "h2_guard.h"
+
 struct buf;
 struct stats;      /* one per worker */
 struct stats_snap; /* an immutable copy another thread may read and free */
@@ -39,6 +41,7 @@ struct stats_gauges { /* a worker's live numbers, filled by the worker when it s
     int worker;       /* index 0.. */
     uint64_t downstream_conns_active, downstream_conns_total, upstream_conns_active, upstream_conns_total,
         streams_active, upstream_retries, upstream_ejections, lua_errors;
+    uint64_t h2_abuse[H2_ABUSE_KINDS]; /* HTTP/2 connections answered for abuse, by kind (h2_guard.h) */
 };
 
 struct stats_process { /* process-wide, filled by the admin when rendering */

@@ -668,11 +668,19 @@ static int gw_response_end(struct stream *st)
 
 static void start_attempt(struct stream *st);
 
+/* The most body a filter waiting for all of it may make the proxy hold
+ * (Module buffer_limit_bytes; Envoy's per_connection_buffer_limit_bytes). */
+static size_t body_limit(const struct stream *st)
+{
+    return st->gen && st->gen->cfg.buffer_limit_bytes > 0 ? (size_t)st->gen->cfg.buffer_limit_bytes
+                                                          : STREAM_BODY_BUFFER_LIMIT;
+}
+
 /* Bytes of request body kept for another attempt. */
 static size_t replay_limit(const struct stream *st)
 {
     const struct nu_route_policy *p = policy_of(st);
-    return p->retry_on && p->num_retries > 0 ? STREAM_BODY_BUFFER_LIMIT : STREAM_REPLAY_SMALL;
+    return p->retry_on && p->num_retries > 0 ? body_limit(st) : STREAM_REPLAY_SMALL;
 }
 
 /* Appends to the replay, grown to fit (at least doubling) rather than by
@@ -871,6 +879,59 @@ static void start_upstream(struct stream *st)
     start_attempt(st);
 }
 
+/* ------------------------------------------------------------ Module buffer */
+/* Envoy's buffer filter (Module buffer.max_request_bytes), which Emissary puts
+ * after the Lua filters: the request goes upstream only once its whole body
+ * is here, and a body over max_request_bytes gets a 413 (for a gRPC request,
+ * the trailers-only reply local_reply makes of it). The client is credited
+ * as its bytes are held, so it can finish sending. */
+
+static int max_request_bytes(const struct stream *st)
+{
+    return st->gen ? st->gen->cfg.max_request_bytes : 0;
+}
+
+static void body_too_large(struct stream *st)
+{
+    nu_log(NU_LOG_INFO, "[c%llu s%llu] request body over buffer.max_request_bytes (%d): 413",
+           (unsigned long long)st->conn_id, (unsigned long long)st->id, max_request_bytes(st));
+    st->flags &= ~ST_F_BUFFERING;
+    local_reply(st, 413, -1, "Payload Too Large", "request_payload_too_large");
+}
+
+/* After the request phase: 1 when the request waits for its body (or was refused). */
+static int buffer_request(struct stream *st)
+{
+    int max = max_request_bytes(st);
+    if (max <= 0)
+        return 0;
+    if (st->x.req.body.bytes > (size_t)max) { /* a filter already held this much */
+        body_too_large(st);
+        return 1;
+    }
+    if (st->x.req.end)
+        return 0;
+    st->flags |= ST_F_BUFFERING;
+    return 1;
+}
+
+/* Body bytes while buffering: held, or the request is refused. */
+static void buffer_data(struct stream *st, const uint8_t *p, size_t n)
+{
+    struct exchange *x = &st->x;
+    x->down.ops->consume(x, n);
+    if (x->req.body.bytes + n > (size_t)max_request_bytes(st)) {
+        body_too_large(st);
+        return;
+    }
+    if (chunkq_append(&x->req.body, p, n) != NU_OK) {
+        st->flags &= ~ST_F_BUFFERING;
+        local_reply(st, 500, GRPC_INTERNAL, "out of memory", "local_reply_nomem");
+        return;
+    }
+    st->req_credited += n; /* credited now: not again when an attempt takes it */
+}
+
 /* What the request phase decided, whether it finished at once or after waiting. */
 static void after_request_phase(struct stream *st, int rc)
 {
@@ -891,6 +952,8 @@ static void after_request_phase(struct stream *st, int rc)
         local_reply(st, 500, GRPC_INTERNAL, "no upstream was chosen for this request", "no_cluster");
         return;
     }
+    if (buffer_request(st))
+        return; /* d_on_end sends it on, or it got 413 */
     start_upstream(st);
 }
 
@@ -925,9 +988,9 @@ static void d_on_headers(struct exchange *x)
  * finish) up to the buffer limit, as Envoy's buffering filters do. */
 static int hold_body(struct stream *st, struct msg *m, const uint8_t *p, size_t n)
 {
-    if (m->body.bytes + n > STREAM_BODY_BUFFER_LIMIT) {
-        nu_log(NU_LOG_INFO, "[c%llu s%llu] body over %d bytes while a filter waits for it: 413",
-               (unsigned long long)st->conn_id, (unsigned long long)st->id, STREAM_BODY_BUFFER_LIMIT);
+    if (m->body.bytes + n > body_limit(st)) {
+        nu_log(NU_LOG_INFO, "[c%llu s%llu] body over %zu bytes while a filter waits for it: 413",
+               (unsigned long long)st->conn_id, (unsigned long long)st->id, body_limit(st));
         lua_bridge_release(st->w, st);
         st->flags &= ~ST_F_WAIT_BODY;
         st->lua_phase = -1;
@@ -945,6 +1008,10 @@ static void d_on_data(struct exchange *x, const uint8_t *p, size_t n)
         return; /* rejected, or only part of a base64 group so far */
     if ((st->flags & ST_F_GRPC) && st->gen->cfg.grpc_stats.enabled)
         grpc_msg_count(&st->req_msgs, p, n);
+    if (st->flags & ST_F_BUFFERING) {
+        buffer_data(st, p, n);
+        return;
+    }
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 0) {
         hold_body(st, &x->req, p, n);
         st->req_credited += n; /* credited now: not again when an attempt takes it */
@@ -980,6 +1047,11 @@ static void d_on_end(struct exchange *x)
     if ((st->flags & ST_F_WAIT_BODY) && st->wait_msg == 0) {
         st->flags &= ~ST_F_WAIT_BODY;
         after_request_phase(st, lua_bridge_resume(st->w, st));
+        return;
+    }
+    if (st->flags & ST_F_BUFFERING) {
+        st->flags &= ~ST_F_BUFFERING;
+        start_upstream(st); /* the whole body is here */
         return;
     }
     if (x->up.ops)
@@ -1121,7 +1193,7 @@ static void u_on_data(struct exchange *x, const uint8_t *p, size_t n)
     if (st->flags & ST_F_BRIDGE_HELD) {
         /* held whole, within the buffer limit; the upstream is credited meanwhile */
         x->up.ops->consume(x, n);
-        if (x->resp.body.bytes + n > STREAM_BODY_BUFFER_LIMIT || chunkq_append(&x->resp.body, p, n) != NU_OK) {
+        if (x->resp.body.bytes + n > body_limit(st) || chunkq_append(&x->resp.body, p, n) != NU_OK) {
             st->flags &= ~ST_F_BRIDGE_HELD;
             local_reply(st, 500, GRPC_RESOURCE_EXHAUSTED, "response too large for the gRPC HTTP/1.1 bridge",
                         "grpc_bridge_buffer_overflow");

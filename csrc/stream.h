@@ -48,6 +48,7 @@ enum stream_flags {
     ST_F_UP_ENDED = 1 << 21,      /* the current attempt's response ended (END_STREAM) */
     ST_F_BRIDGE = 1 << 22,        /* Module enable_grpc_http11_bridge: an HTTP/1.1 gRPC client */
     ST_F_BRIDGE_HELD = 1 << 23,   /* the bridged response is held until its trailers */
+    ST_F_BUFFERING = 1 << 24,     /* Module buffer: the request body is held until complete */
 };
 
 struct stream {
@@ -92,7 +93,8 @@ struct stream {
 };
 
 /* Bytes a filter may make the proxy hold while it waits for a whole body
- * (Envoy's default per-connection buffer limit). Above it: 413. */
+ * (Envoy's default per-connection buffer limit). Above it: 413. The Module's
+ * buffer_limit_bytes replaces it for streams of a generation. */
 #define STREAM_BODY_BUFFER_LIMIT (1024 * 1024)
 /* Request body kept for a transparent retry of a refused stream when the
  * route has no retry policy (with one: STREAM_BODY_BUFFER_LIMIT). */

@@ -154,7 +154,13 @@ void worker_destroy(struct worker *w)
 static int attach_h2(struct conn *c, void *arg)
 {
     struct front *f = arg;
-    return h2s_attach(c, stream_open, f->w, 1000, f->idle_timeout, f->header_timeout);
+    struct h2s_opts o = {
+        .max_concurrent_streams = f->max_concurrent_streams,
+        .max_header_list_size = f->max_header_list_size,
+        .idle_timeout = f->idle_timeout,
+        .header_timeout = f->header_timeout,
+    };
+    return h2s_attach(c, stream_open, f->w, &o);
 }
 
 /* The transport is ready (cleartext, or TLS after the handshake): decide
@@ -178,6 +184,8 @@ static int ready_front(struct conn *c, void *arg)
         .server_name = f->server_name,
         .to_h2 = alpn ? NULL : attach_h2, /* ALPN http/1.1 was a promise: no sniffing */
         .to_h2_arg = f,
+        .max_header_bytes = f->max_header_list_size, /* Module max_request_headers_kb */
+        .body_window = f->body_window,               /* Module buffer_limit_bytes */
     };
     return h1s_attach(c, stream_open, f->w, &o);
 }
@@ -384,6 +392,7 @@ static void fill_gauges(struct worker *w, struct stats_gauges *g)
     g->upstream_conns_total = w->upstream_connects;
     g->upstream_retries = w->upstream_retries;
     g->upstream_ejections = w->upstream_ejections;
+    memcpy(g->h2_abuse, w->h2_abuse, sizeof g->h2_abuse);
 }
 
 static void worker_on_mail(struct worker *w, struct mail *m)

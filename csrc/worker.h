@@ -8,6 +8,8 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "h2_guard.h"
+
 struct conn;
 struct lua_State;
 struct upstream_set;
@@ -75,6 +77,7 @@ struct worker {
     uint64_t start_gen;            /* generation id to load at start */
     struct access_log *start_alog; /* its access log (a reference the thread takes) */
     uint64_t upstream_connects, upstream_retries, upstream_ejections; /* over every generation */
+    uint64_t h2_abuse[H2_ABUSE_KINDS]; /* HTTP/2 connections answered for breaking a budget, by kind (h2_guard.h) */
     int draining;
     ev_timer drain_timer;
     uint64_t next_conn_id;

@@ -38,11 +38,17 @@ M.DEFAULTS = {
   admin_port = 8877,
   -- Envoy has no limit unless told; a client that stalls mid-headers should not hold a connection
   request_headers_timeout_ms = 10000,
+  -- Downstream connections the whole process holds (every worker together); at the limit new
+  -- connections wait in the kernel's accept queue until one closes. Envoy has no default limit.
+  max_connections = 100000,
+  -- From accept to a finished TLS handshake (Envoy's transport_socket_connect_timeout is 10 s too)
+  tls_handshake_timeout_ms = 10000,
 }
 
 local LOG_LEVELS = check.set { "debug", "info", "warn", "error" }
 local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador", "secrets_dir",
-  "overrides", "endpoints", "outlier_detection", "request_headers_timeout_ms", "drain_timeout_ms" }
+  "overrides", "endpoints", "outlier_detection", "request_headers_timeout_ms", "drain_timeout_ms",
+  "max_connections", "tls_handshake_timeout_ms" }
 
 KEYS.access_log = true -- access_log: read below, applied over the Module's in M.load
 
@@ -354,6 +360,26 @@ local function read_native(path, model, errs, warns)
     end
   end
 
+  local maxc = r.get("max_connections")
+  if maxc ~= nil then
+    if not check.is_integer(maxc) or maxc < 0 or maxc > 2147483647 then
+      r.fail("max_connections", "must be an integer between 0 and 2147483647 (0: no limit), not "
+        .. check.describe(maxc))
+    else
+      model.max_connections = maxc
+    end
+  end
+
+  local hst = r.get("tls_handshake_timeout_ms")
+  if hst ~= nil then
+    if not check.is_integer(hst) or hst < 1 or hst > check.MAX_MS then
+      r.fail("tls_handshake_timeout_ms", "must be an integer between 1 and " .. check.MAX_MS .. ", not "
+        .. check.describe(hst))
+    else
+      model.tls_handshake_timeout_ms = hst
+    end
+  end
+
   read_admin(r, model)
 
   for _, p in ipairs(r.strings("lua_path")) do
@@ -403,6 +429,8 @@ function M.defaults()
     drain_timeout_ms = M.DEFAULTS.drain_timeout_ms,
     log_level = M.DEFAULTS.log_level,
     request_headers_timeout_ms = M.DEFAULTS.request_headers_timeout_ms,
+    max_connections = M.DEFAULTS.max_connections,
+    tls_handshake_timeout_ms = M.DEFAULTS.tls_handshake_timeout_ms,
     admin = { address = M.DEFAULTS.admin_address, port = M.DEFAULTS.admin_port },
     lua_path = {},
     chain = {},

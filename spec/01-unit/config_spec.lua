@@ -65,6 +65,8 @@ describe("nuncio.config", function()
       drain_timeout_ms = 30000,
       log_level = "info",
       request_headers_timeout_ms = 10000,
+      max_connections = 100000,
+      tls_handshake_timeout_ms = 10000,
       admin = { address = "127.0.0.1", port = 8877 },
       lua_path = {},
       chain = {},

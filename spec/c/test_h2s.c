@@ -1,7 +1,15 @@
 /* Unit tests for the request-header timeout's view of the client's frames
- * (framer_feed in csrc/h2s.c): fed whole, in pieces and byte by byte. */
+ * (framer_step in csrc/h2s.c): fed whole, in pieces and byte by byte; and
+ * where it stops and cuts when the abuse budgets (h2_guard.c) look on. */
 #include "../../csrc/h2s.c"
 #include "check.h"
+
+/* The framer alone (no budgets): it reads all of p. */
+static void framer_feed(struct h2s_framer *f, const uint8_t *p, size_t n)
+{
+    int abuse;
+    framer_step(f, NULL, 0, p, n, &abuse);
+}
 
 static size_t frame(uint8_t *out, uint8_t type, uint8_t flags, uint32_t sid, const char *payload, size_t len)
 {
@@ -96,6 +104,57 @@ int main(void)
     n += frame(buf + n, 0x0, 0, 7, "more", 4);
     framer_feed(&f, buf, n);
     CHECK(!f.in_block && f.last_complete == 7);
+
+    /* With the budgets: a flood is cut before the frame that breaks one, so
+     * nghttp2 never sees it; the preface and earlier frames pass. */
+    static uint8_t big[24 + 9 + 200 * 17];
+    struct h2_guard g;
+    int abuse;
+    h2_guard_init(&g, 60 * 1024, 0);
+    fresh(&f);
+    n = NGHTTP2_CLIENT_MAGIC_LEN;
+    memcpy(big, magic, n);
+    n += frame(big + n, H2S_FRAME_SETTINGS, 0, 0, "", 0);
+    for (int i = 0; i < 200; i++)
+        n += frame(big + n, 0x6, 0, 0, "12345678", 8);
+    size_t k = framer_step(&f, &g, 0, big, n, &abuse);
+    CHECK(abuse == H2_ABUSE_PING && k == 24 + 9 + H2G_MAX_PINGS * 17);
+    /* the same, a byte at a time: the cut is where that frame began, or 0 when it began in an earlier read */
+    h2_guard_init(&g, 60 * 1024, 0);
+    fresh(&f);
+    size_t at = 0;
+    abuse = H2_ABUSE_NONE;
+    for (; at < n && abuse == H2_ABUSE_NONE; at++)
+        k = framer_step(&f, &g, 0, big + at, 1, &abuse);
+    CHECK(abuse == H2_ABUSE_PING && k == 0 && at == 24 + 9 + H2G_MAX_PINGS * 17 + 9);
+
+    /* A header block frame ends a step (nghttp2 decodes it while the guard
+     * knows its wire size); other frames do not. */
+    h2_guard_init(&g, 60 * 1024, 0);
+    fresh(&f);
+    f.preface_left = 0;
+    n = frame(buf, 0x8, 0, 0, "\0\0\x10\0", 4);
+    n += frame(buf + n, H2S_FRAME_HEADERS, H2S_FLAG_END_HEADERS, 1, "abcde", 5);
+    size_t first = n;
+    n += frame(buf + n, 0x0, 0, 1, "body", 4);
+    k = framer_step(&f, &g, 0, buf, n, &abuse);
+    CHECK(abuse == H2_ABUSE_NONE && k == first && g.blk_wire == 5 && f.last_complete == 1);
+    k = framer_step(&f, &g, 0, buf + first, n - first, &abuse);
+    CHECK(abuse == H2_ABUSE_NONE && k == n - first);
+
+    /* DATA of padding only counts as empty once its pad length byte is in */
+    h2_guard_init(&g, 60 * 1024, 0);
+    fresh(&f);
+    f.preface_left = 0;
+    for (int i = 0; i < H2G_MAX_EMPTY_DATA; i++) {
+        n = frame(buf, 0x0, H2S_FLAG_PADDED, 1, "\x04\0\0\0\0", 5);
+        CHECK(framer_step(&f, &g, 0, buf, n, &abuse) == n && abuse == H2_ABUSE_NONE);
+    }
+    n = frame(buf, 0x0, H2S_FLAG_PADDED, 1, "\x03x\0\0\0", 5); /* one data byte: not empty */
+    CHECK(framer_step(&f, &g, 0, buf, n, &abuse) == n && abuse == H2_ABUSE_NONE);
+    n = frame(buf, 0x0, H2S_FLAG_PADDED, 1, "\x04\0\0\0\0", 5);
+    CHECK(framer_step(&f, &g, 0, buf, 9, &abuse) == 9 && abuse == H2_ABUSE_NONE);
+    CHECK(framer_step(&f, &g, 0, buf + 9, n - 9, &abuse) == 0 && abuse == H2_ABUSE_EMPTY_DATA);
 
     CHECK_DONE();
 }

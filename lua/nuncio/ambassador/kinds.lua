@@ -21,6 +21,9 @@ local string_format = string.format
 
 local M = {}
 
+-- The largest byte count the core takes (a C int).
+local MAX_BYTES = 2147483647
+
 ---------------------------------------------------------------------------
 -- Module (behaviour notes §5)
 
@@ -33,14 +36,14 @@ local MODULE_DONE = check.set {
   "enable_http10", "enable_grpc_web", "enable_grpc_http11_bridge", "cors",
   "grpc_stats", "diagnostics", "readiness_probe", "liveness_probe",
   "envoy_log_type", "envoy_log_format", "envoy_log_path",
+  "max_request_headers_kb", "buffer", "buffer_limit_bytes",
 }
 
 -- Keys Emissary knows; later issues implement them.
 local MODULE_TODO = check.set {
   "use_remote_address", "xff_num_trusted_hops",
-  "max_request_headers_kb",
   "cluster_max_connection_lifetime_ms",
-  "buffer", "buffer_limit_bytes", "regex_type", "regex_max_size", "header_case_overrides",
+  "regex_type", "regex_max_size", "header_case_overrides",
   "proper_case", "default_label_domain", "default_labels",
   "circuit_breakers", "keepalive", "ip_allow", "ip_deny", "gzip", "enable_ipv4",
   "enable_ipv6", "forward_client_cert_details",
@@ -166,6 +169,36 @@ local function read_defaults(rep, res, cc)
   return out
 end
 
+-- Request limits (behaviour notes §5.2; issue 9). An absent key leaves the core's default, which
+-- is Envoy's: 60 KiB of request headers, 1 MiB held per stream, no buffer filter.
+--   max_request_headers_kb -> http.max_request_headers_kb: a request's header block (HTTP/1.1: the
+--     request line and headers; HTTP/2: the header list as HPACK decodes it); above it HTTP/1.1
+--     gets 431, HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE says it and the stream is refused.
+--   buffer.max_request_bytes -> http.max_request_bytes: Envoy's buffer filter: the request body is
+--     held until complete (the upstream sees the request only then); above N bytes: 413.
+--   buffer_limit_bytes -> http.buffer_limit_bytes: Envoy's per_connection_buffer_limit_bytes: how much
+--     request body the proxy holds per stream before it stops reading from the client, and the
+--     most a filter waiting for a whole body may make it hold (413 above).
+local function read_limits(rep, res, cc, config, http)
+  http.max_request_headers_kb = cc:int("max_request_headers_kb", nil, 1, 8192)
+  http.buffer_limit_bytes = cc:int("buffer_limit_bytes", nil, 1, MAX_BYTES)
+  if not cc:has("buffer") then
+    return
+  end
+  local bc, present = cc:sub("buffer")
+  if not present then
+    return -- not a mapping: cc:sub said so
+  end
+  if not bc:has("max_request_bytes") then
+    -- Emissary (IRBuffer) refuses a buffer without it; Envoy's filter needs it
+    bc.failed = true
+    rep:error(res, "config.buffer.max_request_bytes", "required when buffer is set", config, "buffer")
+  else
+    http.max_request_bytes = bc:int("max_request_bytes", nil, 1, MAX_BYTES)
+  end
+  bc:check_keys(check.set { "max_request_bytes" })
+end
+
 -- module(rep, modules) -> config, settings
 --   settings: { default_timeout_ms, use_ambassador_namespace, http, defaults, retry_policy, load_balancer,
 --               add_linkerd_headers, cluster_idle_timeout_ms }
@@ -220,6 +253,7 @@ function M.module(rep, modules)
   http.grpc_stats = observe.read_grpc_stats(cc, "grpc_stats")
   settings.probes = diag_routes.read(cc)
   http.access_log = access_log.read(cc)
+  read_limits(rep, chosen, cc, config, http)
   cc:check_keys(MODULE_DONE, MODULE_TODO, "accepted, not implemented yet")
   return config, settings
 end
@@ -256,7 +290,7 @@ local PROTOCOLS = check.set { "HTTP", "HTTPS", "HTTPPROXY", "HTTPSPROXY", "TCP",
 local SECURITY_MODELS = check.set { "XFP", "SECURE", "INSECURE" }
 local LISTENER_FIELDS = check.set {
   "port", "protocol", "protocolStack", "securityModel", "l7Depth", "bind_address", "hostBinding",
-  "ambassador_id", "generation",
+  "ambassador_id", "generation", "http2MaxConcurrentStreams",
 }
 local LISTENER_TODO = check.set { "statsPrefix", "http3Enabled" }
 
@@ -295,6 +329,10 @@ function M.listener(rep, res)
     c:fail("securityModel", string_format("must be one of XFP, SECURE, INSECURE, not %q", security))
   end
   local l7 = c:int("l7Depth", 0, 0)
+  -- http2MaxConcurrentStreams: a nuncio extension. Emissary's Listener CRD has no such field (its
+  -- Envoy keeps http2_protocol_options.max_concurrent_streams at the default); nuncio advertises
+  -- it as SETTINGS_MAX_CONCURRENT_STREAMS on this Listener's HTTP/2 connections. Absent: 1000.
+  local max_streams = c:int("http2MaxConcurrentStreams", nil, 1, 2147483647)
   local address = c:string("bind_address") or "0.0.0.0"
   -- nuncio serves every Host on every Listener: exactly "namespace.from: ALL"
   -- without a selector. Anything narrower is said to be unenforced.
@@ -330,6 +368,7 @@ function M.listener(rep, res)
     tls = protocol == "HTTPS",
     security_model = security,
     l7_depth = l7,
+    http2_max_concurrent_streams = max_streams,
     source = res.source,
   }
 end
