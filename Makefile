@@ -10,7 +10,8 @@ DEB_PACKAGES := build-essential cmake pkg-config libev-dev libnghttp2-dev libyam
 	nghttp2-client curl openssl chromium python3-yaml python3-prometheus-client
 # Not from Debian here: node (>= 20) and npm, for the gRPC-Web example page and its browser test.
 
-.PHONY: all deps build run test test-plain test-asan asan clean example-stubs grpc-web-example bench bench-deps profile
+.PHONY: all deps build run test test-plain test-asan asan clean example-stubs grpc-web-example bench bench-deps profile \
+	fuzz fuzz-ci fuzz-deps fuzz-build
 
 all: build
 
@@ -72,5 +73,27 @@ bench: build bench-deps
 profile: build bench-deps
 	bench/profile $(PROFILE_ARGS)
 
+# Fuzzing (spec/fuzz/README.md): libFuzzer harnesses built with Debian's clang
+# in $(FUZZ_BUILD). `make fuzz` replays every seed corpus, then runs each
+# harness for FUZZ_SECONDS; `make fuzz-ci` does the same for 30 s each.
+# New crash inputs land in $(FUZZ_BUILD)/crashes/.
+FUZZ_BUILD    ?= build-fuzz
+FUZZ_SECONDS  ?= 60
+FUZZERS       ?= h2s h1s grpc_web authority yaml grpc_timeout
+FUZZ_PACKAGES := clang libclang-rt-14-dev llvm-14
+
+fuzz-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(FUZZ_PACKAGES)"
+
+fuzz-build: deps fuzz-deps
+	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DNUNCIO_FUZZ=ON >/dev/null
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzzers
+
+fuzz: fuzz-build
+	spec/fuzz/run $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZERS)
+
+fuzz-ci: fuzz-build
+	spec/fuzz/run $(FUZZ_BUILD) 30 $(FUZZERS)
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

@@ -42,6 +42,8 @@ int buf_reserve(struct buf *b, size_t n)
 
 int buf_append(struct buf *b, const void *p, size_t n)
 {
+    if (n == 0)
+        return NU_OK; /* memcpy to or from NULL is undefined even for 0 bytes */
     if (buf_reserve(b, n) != NU_OK)
         return NU_ERR_NOMEM;
     memcpy(b->data + b->len, p, n);

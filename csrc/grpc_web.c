@@ -265,7 +265,8 @@ static int status_200(const struct hdr_map *h)
 int grpc_web_response_headers(struct grpc_web *g, struct hdr_map *h, int headers_only)
 {
     /* Envoy's isGrpcResponseHeaders: trailers-only needs grpc-status; otherwise 200 + a gRPC type. */
-    int grpc = headers_only ? hdr_get(h, HDR_LIT("grpc-status"), NULL) != NULL : status_200(h) && has_grpc_content_type(h);
+    int grpc =
+        headers_only ? hdr_get(h, HDR_LIT("grpc-status"), NULL) != NULL : status_200(h) && has_grpc_content_type(h);
     int needs = !grpc && !(status_200(h) && has_grpc_web_proto_type(h));
     hdr_remove(h, HDR_LIT("content-length")); /* the body changes length */
     const char *ct = g->text_response ? "application/grpc-web-text+proto" : "application/grpc-web+proto";
@@ -329,9 +330,12 @@ int grpc_web_collected_headers(struct grpc_web *g, struct hdr_map *h)
     char *enc = malloc(3 * n + 1);
     if (!enc)
         return NU_ERR_NOMEM;
-    size_t el = grpc_message_encode((const char *)g->collect.data + g->collect.off, n, enc, 3 * n);
+    /* Nothing collected (an empty body): collect.data is NULL, and NULL + 0 is undefined. */
+    const char *body = n ? (const char *)g->collect.data + g->collect.off : "";
+    size_t el = grpc_message_encode(body, n, enc, 3 * n);
     char num[16];
-    int nl = snprintf(num, sizeof num, "%d", g->status_override >= 0 ? g->status_override : grpc_status_from_http(http));
+    int nl =
+        snprintf(num, sizeof num, "%d", g->status_override >= 0 ? g->status_override : grpc_status_from_http(http));
     int rc = hdr_set(h, HDR_LIT("grpc-message"), enc, el);
     rc |= hdr_set(h, HDR_LIT("grpc-status"), num, (size_t)nl);
     rc |= hdr_set(h, HDR_LIT("content-length"), HDR_LIT("0"));

@@ -436,6 +436,20 @@ static void trim_values(struct h1s *s)
     }
 }
 
+/* http-parser checks a header value's bytes against RFC 7230's field-vchar,
+ * all but the first: a NUL or another control byte there reached the stream
+ * (and an HTTP/1 Host line, or an HTTP/2 upstream that refuses it). A value
+ * holds HTAB, SP, visible bytes and obs-text only. */
+static int value_ok(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
 /* What http-parser accepts and nuncio does not: returns 0 or an HTTP status. */
 static int check_head(struct h1s *s, const char **why, int *host_at)
 {
@@ -452,12 +466,21 @@ static int check_head(struct h1s *s, const char **why, int *host_at)
         *why = "CONNECT is not supported";
         return 400;
     }
+    /* http-parser (not built strict) lets HTAB and FF through in a request target */
+    if (!h1_is_visible((const char *)s->head.data, s->url_len)) {
+        *why = "a control character in the request target";
+        return 400;
+    }
     int te = 0, host = 0;
     *host_at = -1;
     for (uint32_t i = 0; i < s->nfld; i++) {
         const struct h1s_field *f = &s->fld[i];
         if (memchr(fname(s, f), ' ', f->nlen) || memchr(fname(s, f), '\t', f->nlen)) {
             *why = "white space in a header name";
+            return 400;
+        }
+        if (!value_ok(fvalue(s, f), f->vlen)) {
+            *why = "a control character in a header value";
             return 400;
         }
         if (fname_is(s, f, "transfer-encoding")) {
@@ -518,10 +541,22 @@ static int fill_request(struct h1s *s, struct exchange *x, int host_at, const ch
     add_hdr(&x->req.hdrs, HDR_LIT(":method"), method, strlen(method), &rc);
     add_hdr(&x->req.hdrs, HDR_LIT(":scheme"), scheme, strlen(scheme), &rc);
     add_hdr(&x->req.hdrs, HDR_LIT(":authority"), auth, al, &rc);
-    if (ul)
-        add_hdr(&x->req.hdrs, HDR_LIT(":path"), url, ul, &rc);
-    else
+    if (!ul) {
         add_hdr(&x->req.hdrs, HDR_LIT(":path"), HDR_LIT("/"), &rc);
+    } else if (skip && url[0] != '/') {
+        /* "http://a?x": an absolute URL with a query and no path; its origin form is "/?x" (RFC 7230 5.3.1) */
+        char *path = malloc(ul + 1);
+        if (!path) {
+            rc = NU_ERR_NOMEM;
+        } else {
+            path[0] = '/';
+            memcpy(path + 1, url, ul);
+            add_hdr(&x->req.hdrs, HDR_LIT(":path"), path, ul + 1, &rc);
+            free(path);
+        }
+    } else {
+        add_hdr(&x->req.hdrs, HDR_LIT(":path"), url, ul, &rc);
+    }
     for (uint32_t i = 0; i < s->nfld && !rc; i++) {
         const struct h1s_field *f = &s->fld[i];
         char name[64];
@@ -630,10 +665,18 @@ static void message_done(struct h1s *s)
         return;
     s->end_reported = 1;
     trim_values(s);
-    int rc = 0;
-    for (uint32_t i = 0; s->in_trailers && i < s->nfld && !rc; i++)
-        rc = hdr_add(&x->req.trailers, fname(s, &s->fld[i]), s->fld[i].nlen, fvalue(s, &s->fld[i]), s->fld[i].vlen);
+    int rc = 0, bad = 0;
+    for (uint32_t i = 0; s->in_trailers && i < s->nfld && !rc && !bad; i++) {
+        if (!value_ok(fvalue(s, &s->fld[i]), s->fld[i].vlen))
+            bad = 1;
+        else
+            rc = hdr_add(&x->req.trailers, fname(s, &s->fld[i]), s->fld[i].nlen, fvalue(s, &s->fld[i]), s->fld[i].vlen);
+    }
     reset_head(s);
+    if (bad) {
+        fail_request(s, 400, "a control character in a request trailer value");
+        return;
+    }
     if (rc) {
         fail_request(s, 503, "out of memory keeping request trailers");
         return;

@@ -213,6 +213,22 @@ class Http1Test(NuncioTestCase):
         c.send(GET % b"/rec/again")
         self.assertEqual(c.read_response().status, 200)
 
+    def test_control_bytes_are_refused_with_400(self):
+        # Found by fuzzing: http-parser checks every byte of a value but the
+        # first, and (built lenient) lets a form feed into the target.
+        cases = {
+            "NUL first in Host": b"GET /rec/c1 HTTP/1.1\r\nHost: \x00evil\r\n\r\n",
+            "control byte first in a value": b"GET /rec/c2 HTTP/1.1\r\nHost: test\r\nX-A: \x01v\r\n\r\n",
+            "form feed in the target": b"GET /rec/a\x0cb HTTP/1.1\r\nHost: test\r\n\r\n",
+            "control byte in a trailer": b"POST /rec/c3 HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                         b"1\r\na\r\n0\r\nX-T: \x02x\r\n\r\n",
+        }
+        for what, raw in cases.items():
+            with self.subTest(what):
+                c = self.conn()
+                c.send(raw)
+                self.assertEqual(c.read_response().status, 400, what)
+
     def test_local_404_has_content_length_0(self):
         c = self.conn()
         c.send(GET % b"/nowhere")
