@@ -90,14 +90,7 @@ static void render_stats(struct admin_conn *a, struct scrape *sc)
         const struct stats_gauges *g = sc->reports[i] ? &sc->reports[i]->gauges : NULL;
         if (!g)
             continue;
-        sum.downstream_conns_active += g->downstream_conns_active;
-        sum.downstream_conns_total += g->downstream_conns_total;
-        sum.upstream_conns_active += g->upstream_conns_active;
-        sum.upstream_conns_total += g->upstream_conns_total;
-        sum.streams_active += g->streams_active;
-        sum.upstream_retries += g->upstream_retries;
-        sum.upstream_ejections += g->upstream_ejections;
-        sum.lua_errors += g->lua_errors;
+        stats_gauges_add(&sum, g);
     }
     len += (size_t)snprintf(body + len, sizeof body - len,
                             "live_streams %llu\nlive_conns %llu\nupstream_connects %llu\nlive_upstream_conns %llu\n"

@@ -852,22 +852,26 @@ static void render_workers(struct out *o, struct stats_snap *const *snaps, size_
     free(by);
 }
 
+void stats_gauges_add(struct stats_gauges *sum, const struct stats_gauges *g)
+{
+    sum->downstream_conns_active += g->downstream_conns_active;
+    sum->downstream_conns_total += g->downstream_conns_total;
+    sum->upstream_conns_active += g->upstream_conns_active;
+    sum->upstream_conns_total += g->upstream_conns_total;
+    sum->streams_active += g->streams_active;
+    sum->upstream_retries += g->upstream_retries;
+    sum->upstream_ejections += g->upstream_ejections;
+    sum->lua_errors += g->lua_errors;
+    for (int k = 0; k < H2_ABUSE_KINDS; k++)
+        sum->h2_abuse[k] += g->h2_abuse[k];
+}
+
 static void render_sums(struct out *o, struct stats_snap *const *snaps, size_t n)
 {
     struct stats_gauges t = {0};
     uint64_t dropped = 0;
     for (size_t i = 0; i < n; i++) {
-        const struct stats_gauges *g = &snaps[i]->g;
-        t.downstream_conns_active += g->downstream_conns_active;
-        t.downstream_conns_total += g->downstream_conns_total;
-        t.upstream_conns_active += g->upstream_conns_active;
-        t.upstream_conns_total += g->upstream_conns_total;
-        t.streams_active += g->streams_active;
-        t.upstream_retries += g->upstream_retries;
-        t.upstream_ejections += g->upstream_ejections;
-        t.lua_errors += g->lua_errors;
-        for (int k = 0; k < H2_ABUSE_KINDS; k++)
-            t.h2_abuse[k] += g->h2_abuse[k];
+        stats_gauges_add(&t, &snaps[i]->g);
         dropped += snaps[i]->dropped;
     }
     single(o, "nuncio_downstream_connections_active", "gauge", "Open downstream connections.",

@@ -46,7 +46,7 @@ struct stats_gauges { /* a worker's live numbers, filled by the worker when it s
 
 struct stats_process { /* process-wide, filled by the admin when rendering */
     uint64_t config_generation, reloads_ok, reloads_failed, workers;
-    uint64_t access_log_dropped; /* lines the current access log dropped */
+    uint64_t access_log_dropped;                 /* lines the current access log dropped */
     double start_time, last_reload_success_time; /* unix seconds; 0: never */
 };
 
@@ -60,6 +60,9 @@ struct stats_grpc_cfg {
                                  and all_methods is ignored */
     size_t n_allow;
 };
+
+/* Adds g's numbers into sum (the worker index is left alone). */
+void stats_gauges_add(struct stats_gauges *sum, const struct stats_gauges *g);
 
 struct stats *stats_new(void); /* NULL when out of memory */
 void stats_free(struct stats *s);

@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helpers"))
 
 from certs import certs  # noqa: E402
-from nuncio_fixture import (BIN, CALL_TIMEOUT, SETTLE_TIMEOUT, SLOW, SRC, NuncioTestCase, case, host,  # noqa: E402
+from nuncio_fixture import (start_recorder, BIN, CALL_TIMEOUT, SETTLE_TIMEOUT, SLOW, SRC, NuncioTestCase, case, host,  # noqa: E402
                             mapping, secret)
 
 
@@ -39,23 +39,6 @@ def _constant(name, default):
 
 MAX_HEADER_BYTES = _constant("H1S_MAX_HEADER_BYTES", 60 * 1024)
 MAX_HEADERS = _constant("H1S_MAX_HEADERS", 100)
-
-
-def start_recorder(cls):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    rec = subprocess.Popen([os.path.join(os.path.dirname(BIN), "nuncio-h2record"), "1"], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, env=env)
-
-    def stop():
-        rec.stdin.close()  # h2record exits when its stdin closes
-        rec.wait(10)
-        rec.stdout.close()
-    cls.addClassCleanup(stop)
-    line = rec.stdout.readline().decode()
-    if not line.startswith("PORTS "):
-        raise RuntimeError("nuncio-h2record did not start: %r" % line)
-    return "127.0.0.1:%s" % line.split()[1]
 
 
 def record(resp):

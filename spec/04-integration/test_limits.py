@@ -32,7 +32,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helpers"))
 
 from certs import certs  # noqa: E402
-from nuncio_fixture import (BIN, CALL_TIMEOUT, SLOW, SRC, H2Client, NuncioTestCase, host, listener,  # noqa: E402
+from nuncio_fixture import (start_recorder, BIN, CALL_TIMEOUT, SLOW, SRC, H2Client, NuncioTestCase, host, listener,  # noqa: E402
                             mapping, secret)
 
 def _h1_limits_wired():
@@ -57,23 +57,6 @@ H2_REFUSED_STREAM, H2_PROTOCOL_ERROR = 0x7, 0x1
 def module(config):
     return {"apiVersion": "getambassador.io/v3alpha1", "kind": "Module",
             "metadata": {"name": "ambassador"}, "spec": {"config": config}}
-
-
-def start_recorder(cls):
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    rec = subprocess.Popen([os.path.join(os.path.dirname(BIN), "nuncio-h2record"), "1"], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, env=env)
-
-    def stop():
-        rec.stdin.close()  # h2record exits when its stdin closes
-        rec.wait(10)
-        rec.stdout.close()
-    cls.addClassCleanup(stop)
-    line = rec.stdout.readline().decode()
-    if not line.startswith("PORTS "):
-        raise RuntimeError("nuncio-h2record did not start: %r" % line)
-    return "127.0.0.1:%s" % line.split()[1]
 
 
 class Http1:

@@ -416,6 +416,25 @@ def ambassador_yaml(listener_port, mappings, docs=(), default_listener=True, def
     return "".join(_render(d) for d in out)
 
 
+def start_recorder(cls):
+    """Starts tools/h2record (build/nuncio-h2record) with one recording port for
+    a test class (stopped at class cleanup); returns its "127.0.0.1:port"."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    rec = subprocess.Popen([os.path.join(os.path.dirname(BIN), "nuncio-h2record"), "1"], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, env=env)
+
+    def stop():
+        rec.stdin.close()  # h2record exits when its stdin closes
+        rec.wait(10)
+        rec.stdout.close()
+    cls.addClassCleanup(stop)
+    line = rec.stdout.readline().decode()
+    if not line.startswith("PORTS "):
+        raise RuntimeError("nuncio-h2record did not start: %r" % line)
+    return "127.0.0.1:%s" % line.split()[1]
+
+
 def native_yaml(admin_port, chain=None, lua_path=None, ambassador=("ambassador.yaml",), extra=None):
     """extra: more top-level keys, {key: value} (values written as JSON, which is YAML)."""
     out = ["admin:", "  address: 127.0.0.1", "  port: %d" % admin_port, "log_level: %s" % LOG_LEVEL,
