@@ -30,12 +30,17 @@
 --   may run max_instructions VM instructions (default 10 000 000, some tens
 --   of milliseconds), counted by a debug count hook. LuaJIT calls hooks only
 --   in interpreted code, so the script's functions are compiled with the JIT
---   off (jit.off on the chunk and everything it defines or loads); scripts
---   are short, the interpreter is fast enough for them. The limit does not
---   see time spent inside one C library call (string.rep of a huge count, a
---   pathological pattern in string.find). max_instructions = 0 turns the
---   budget off and lets the JIT compile the script.
+--   off (jit.off on the chunk and everything it defines or loads). The limit
+--   does not see time spent inside one C library call (string.rep of a huge
+--   count, a pathological pattern in string.find). max_instructions = 0
+--   turns the budget off and lets the JIT compile the script.
+-- * A script proved to end (nuncio.bounded: no loops, no recursion, no
+--   pcall, ...; the guide's snippet is one) needs no budget: it runs without
+--   the hook, JIT on (inst.proved). The hook, once set, makes every
+--   interpreted bytecode of the worker's VM go through a C call, which cost
+--   more than the snippet itself.
 local envoy = require("nuncio.envoy")
+local bounded = require("nuncio.bounded")
 local log = require("nuncio.log")
 local nffi = require("nuncio.ffi")
 
@@ -46,7 +51,7 @@ local loadstring, setfenv, getmetatable, collectgarbage = loadstring, setfenv, g
 local string_byte, string_format, table_concat = string.byte, string.format, table.concat
 local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
 local gethook, sethook, getinfo = debug.gethook, debug.sethook, debug.getinfo
-local jit_off = jit and jit.off
+local jit_off, jit_on = jit and jit.off, jit and jit.on
 
 local schema_name = (... or "envoy_scripts.handler"):gsub("%.handler$", "") .. ".schema"
 local ok_schema, schema = pcall(require, schema_name)
@@ -280,6 +285,9 @@ function M.new(config)
   else
     rok, rerr = co_resume(co)
   end
+  -- The hook stays set after a budgeted call (see unhook); the top level is
+  -- not a call, and a budgeted instance sets it again on its first call.
+  if gethook() == hook then sethook() end
   if not rok then error("lua_scripts: " .. tostring(rerr), 0) end
   if co_status(co) ~= "dead" then error("lua_scripts: script performed an unexpected yield", 0) end
 
@@ -302,8 +310,22 @@ function M.new(config)
       .. "Lua filter will not hook responses.", name)
   end
 
+  -- A script that provably ends (nuncio.bounded: no loops, no recursion, no
+  -- pcall) needs no budget: it runs without the count hook, JIT on.
+  local proved, why = false, "max_instructions = 0"
+  if limit > 0 then
+    proved, why = bounded.check({ on_request, on_response }, env, { [env.print] = true })
+    if proved then
+      limit = 0
+      if jit_on then jit_on(chunk, true) end
+    end
+  end
+  log.write("debug", "lua_scripts %s: %s", name, proved
+    and "the script ends on every path: it runs without the instruction budget"
+    or ("instruction budget " .. (limit > 0 and tostring(limit) or "off") .. " (" .. tostring(why) .. ")"))
+
   local inst = {
-    name = name, fail_closed = config.fail_closed == true, limit = limit, env = env,
+    name = name, fail_closed = config.fail_closed == true, limit = limit, env = env, proved = proved,
     errors = 0, last_error = nil,
     run_opts = { resume = limit > 0 and budgeted_resume or unbudgeted_resume },
     pending = setmetatable({}, { __mode = "k" }), -- stream -> response script waiting for trailers

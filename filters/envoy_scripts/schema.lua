@@ -3,7 +3,8 @@
 --   name             (string)            label for logs and error positions ("script")
 --   fail_closed      (boolean, false)    a script error answers 500 / gRPC INTERNAL
 --                                        instead of letting the request go on
---   max_instructions (integer >= 0)      per-call instruction budget; 0 = no budget
+--   max_instructions (integer >= 0)      per-call instruction budget for scripts not proved
+--                                        to end (nuncio.bounded); 0 = no budget
 --                                        (and the script may be JIT-compiled)
 local type, pairs, tostring, math_floor = type, pairs, tostring, math.floor
 

@@ -283,6 +283,46 @@ end
   end)
 end)
 
+describe("envoy_scripts: scripts proved to end run without the budget", function()
+  it("the guide's snippet is proved: no budget, no hook, the same behaviour, many calls", function()
+    local had_hook, had_mask, had_count = debug.gethook() -- a coverage tool's, or a budgeted spec's above
+    debug.sethook()
+    local chain, inst = helpers.chain(guide_script())
+    assert.is_true(inst.proved)
+    assert.are.equal(0, inst.limit)
+    for i = 1, 300 do -- enough calls for the JIT to compile the script
+      local r = chain:request({ path = "/api/users", authority = "api.example.com:" .. (8000 + i) })
+      assert.are.equal("api", r.route.name)
+      assert.are.equal("api.example.com", r.authority)
+    end
+    assert.are.equal(0, inst.errors)
+    assert.is_nil(debug.gethook()) -- loading and running it left no count hook behind
+    if had_hook then debug.sethook(had_hook, had_mask, had_count) end
+  end)
+
+  it("a script with a loop keeps its budget; max_instructions = 0 turns the budget off without a proof", function()
+    local _, looping = helpers.chain("function envoy_on_request(h) for i = 1, 3 do end end",
+      { max_instructions = 5000 })
+    assert.is_false(looping.proved)
+    assert.are.equal(5000, looping.limit)
+    local _, off = helpers.chain(guide_script(), { max_instructions = 0 })
+    assert.is_false(off.proved)
+    assert.are.equal(0, off.limit)
+  end)
+
+  it("a script calling pcall is not proved, so the budget still cannot be caught", function()
+    local chain, inst = helpers.chain([[
+function envoy_on_request(h)
+  pcall(spin)
+end
+function spin() while true do end end
+]], { max_instructions = 50000 })
+    assert.is_false(inst.proved)
+    chain:request({ path = "/target/", authority = "x" })
+    assert.matches("script exceeded its instruction budget (50000 instructions)", inst.last_error, 1, true)
+  end)
+end)
+
 describe("envoy_scripts: Envoy's API rules", function()
   it("a handle kept past its call raises 'object used outside of proper scope'", function()
     local chain, inst = helpers.chain([[
