@@ -297,6 +297,14 @@ static void put_coroutine(struct lb_vm *vm, lua_State *co, int ref, int rc)
     luaL_unref(vm->L, LUA_REGISTRYINDEX, ref);
 }
 
+/* The runtime gets the stream's address as a number, not a light userdata:
+ * LuaJIT compiles ffi.cast from a number but not from a light userdata, and
+ * that cast starts every phase (a user-space address fits a double exactly). */
+static void push_stream(lua_State *L, struct stream *st)
+{
+    lua_pushnumber(L, (lua_Number)(uintptr_t)st);
+}
+
 /* Tells the runtime a phase of st will not go on (it waited and is dropped,
  * or it raised): runtime.abandon lets go of the stream's Lua object when no
  * later phase would. Runs on the main thread, never inside a phase. */
@@ -306,7 +314,7 @@ static void abandon(lua_State *L, struct stream *st)
     lua_getfield(L, LUA_REGISTRYINDEX, RUNTIME_KEY);
     lua_getfield(L, -1, "abandon");
     if (lua_isfunction(L, -1)) {
-        lua_pushlightuserdata(L, st);
+        push_stream(L, st);
         if (lua_pcall(L, 1, 0, 0) != 0)
             nu_log(NU_LOG_ERROR, "[c%llu s%llu] %s", (unsigned long long)st->conn_id, (unsigned long long)st->id,
                    lua_tostring(L, -1) ? lua_tostring(L, -1) : "runtime.abandon failed");
@@ -323,7 +331,7 @@ int lua_bridge_run(struct worker *w, struct stream *st, int phase)
         /* The log phase never waits, so it skips the coroutine. */
         int top = lua_gettop(L);
         lua_rawgeti(L, LUA_REGISTRYINDEX, vm->phase_ref[phase]);
-        lua_pushlightuserdata(L, st);
+        push_stream(L, st);
         int rc = lua_pcall(L, 1, 2, 0);
         result = phase_result(st, L, rc, top);
         lua_settop(L, top);
@@ -339,7 +347,7 @@ int lua_bridge_run(struct worker *w, struct stream *st, int phase)
         return NU_ERR_LUA;
     }
     lua_rawgeti(co, LUA_REGISTRYINDEX, vm->phase_ref[phase]);
-    lua_pushlightuserdata(co, st);
+    push_stream(co, st);
     int rc = lua_resume(co, 1);
     result = phase_result(st, co, rc, 0);
     if (result == LB_YIELDED)

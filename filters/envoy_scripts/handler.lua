@@ -247,7 +247,12 @@ end
 
 local function run_phase(inst, s, dir, fn, fname)
   local run = envoy.new_run(s, dir, inst.run_opts, inst.limit) -- the run holds the call's budget
-  local st, err, tb = envoy.start(run, fn)
+  local st, err, tb
+  if inst.proved and dir == "request" then
+    st, err, tb = envoy.call(run, fn) -- no coroutine of its own: see envoy.call
+  else
+    st, err, tb = envoy.start(run, fn)
+  end
   if st == "failed" then
     script_error(inst, s, fname, dir, err, tb)
   elseif st == "waiting" then

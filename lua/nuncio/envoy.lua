@@ -581,9 +581,40 @@ local function buffer_of(run)
   return cached(run, "body", function() return setmetatable({ _run = run, _gen = run.gen }, Buffer) end)
 end
 
--- Waits for the whole body (the driver calls stream:read_body()).
+-- A wait (or the end of a call) starts a new generation: objects handed out
+-- before it die.
+local function new_generation(run)
+  run.gen = run.gen + 1
+  run.cache = false
+  run.hmap = false
+end
+
+-- stream:read_body() for a run: it may wait (yielding the phase's own
+-- coroutine) or, over the buffer limit, end the exchange with 413 and not
+-- return, as Envoy's body() does. An empty body means the request ended with
+-- its headers: Envoy does not wait then, so the script's objects stay valid.
+local function read_body(run)
+  local s = run.s
+  local body, err
+  if type(s.read_body) ~= "function" then
+    err = "body access is not supported by this nuncio (the stream has no read_body)"
+  else
+    local rok, b, e = pcall(s.read_body, s)
+    if rok then body, err = b, e else err = b end
+  end
+  if body ~= "" then new_generation(run) end
+  return body, err
+end
+
+-- Waits for the whole body: a script in its own coroutine asks the driver
+-- (settle) to read it; a direct call (M.call) reads it here.
 local function wait_body(run)
-  local body, err = co_yield(WAIT_BODY)
+  local body, err
+  if run.direct then
+    body, err = read_body(run)
+  else
+    body, err = co_yield(WAIT_BODY)
+  end
   if body == nil then
     error("body: " .. tostring(err or "the body could not be read"), 0)
   end
@@ -734,6 +765,7 @@ function Handle:respond(headers, body)
     end
   end
   run.state = "responded"
+  if run.direct then error(RESPONDED, 0) end -- M.call catches it: the script ends here
   co_yield(RESPONDED) -- never resumed: the script ends here
 end
 
@@ -821,14 +853,8 @@ function M.new_run(s, dir, opts, limit)
   return {
     s = s, dir = dir, live = false, gen = 0, cache = false, hmap = false, headers_continued = false,
     resume = opts and opts.resume or plain_resume, state = "new", co = false,
-    limit = limit or 0, used = 0, err = false,
+    limit = limit or 0, used = 0, err = false, direct = false,
   }
-end
-
-local function new_generation(run)
-  run.gen = run.gen + 1
-  run.cache = false
-  run.hmap = false
 end
 
 -- After each resume: "done" | "responded" | "waiting" | "failed", err,
@@ -862,20 +888,8 @@ local function settle(run, ok, what, ...)
     new_generation(run)
     return "waiting"
   elseif what == WAIT_BODY then
-    -- stream:read_body() may wait (it yields the phase's own coroutine,
-    -- outside the script's); over the buffer limit it ends the exchange
-    -- with 413 and does not return, as Envoy's body() does.
-    local s = run.s
-    local body, err
-    if type(s.read_body) ~= "function" then
-      err = "body access is not supported by this nuncio (the stream has no read_body)"
-    else
-      local rok, b, e = pcall(s.read_body, s)
-      if rok then body, err = b, e else err = b end
-    end
-    -- An empty body means the request ended with its headers: Envoy does
-    -- not wait then, so the script's objects stay valid.
-    if body ~= "" then new_generation(run) end
+    -- read_body yields the phase's own coroutine, outside the script's.
+    local body, err = read_body(run)
     run.live = true
     return settle(run, run.resume(run, co, body, err))
   end
@@ -905,6 +919,42 @@ function M.start(run, fn)
   end
   run.co = co
   return drive(run, fn, setmetatable({ _run = run }, run.dir == "request" and Handle or ResponseHandle))
+end
+
+-- A direct call's error handler: respond()'s way out passes through, an
+-- error gets the traceback of where it was raised.
+local function direct_error(e)
+  if e == RESPONDED then return e end
+  return { e, traceback(nil, 2) }
+end
+
+--- Calls fn(handle) directly, in the calling (phase) coroutine: for request
+--- scripts proved to end (nuncio.bounded), which cannot yield on their own,
+--- catch errors or reach coroutines, so no coroutine of their own is needed;
+--- body() waits in the phase's coroutine. Results as drive()'s, never
+--- "waiting" (only response scripts wait for trailers).
+function M.call(run, fn)
+  run.direct = true
+  run.live = true
+  run.state = "running"
+  local ok, e = xpcall(fn, direct_error, setmetatable({ _run = run }, Handle))
+  run.live = false
+  if ok then
+    run.state = "done"
+    run.headers_continued = true
+    new_generation(run)
+    return "done"
+  end
+  if e == RESPONDED then
+    run.state = "responded"
+    new_generation(run)
+    return "responded"
+  end
+  run.state = "failed"
+  run.headers_continued = true
+  local msg = e[1]
+  if type(msg) ~= "string" then msg = tostring(msg) end
+  return "failed", msg, e[2]
 end
 
 --- Resumes a script waiting in trailers(): has = the trailers arrived.

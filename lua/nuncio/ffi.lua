@@ -88,8 +88,11 @@ M.int_out = ffi.new("int[2]")
 M.info = ffi.new("struct nu_stream_info")
 M.stream_out = ffi.new("struct stream *[1]")
 
+--- The C stream behind a phase: the core passes its address as a number
+--- (csrc/lua_bridge.c push_stream), which LuaJIT can cast in compiled code.
 function M.cast_stream(ud)
-  return ffi.cast("struct stream *", ud)
+  local st = ffi.cast("struct stream *", ud) -- not a tail call (see stream.lua's Headers:get)
+  return st
 end
 
 return M

@@ -71,9 +71,11 @@ function M.request_id()
   if not seeded then
     seed()
   end
-  return format("%08x-%04x-4%03x-%04x-%04x%08x",
+  -- Not a tail call: a compiled caller cannot return through one to format.
+  local id = format("%08x-%04x-4%03x-%04x-%04x%08x",
     floor(random() * 4294967296), random(0, 65535), random(0, 4095),
     0x8000 + random(0, 16383), random(0, 65535), floor(random() * 4294967296))
+  return id
 end
 
 ---------------------------------------------------------------------------------------------

@@ -1,16 +1,23 @@
 -- The entry points the C core calls (csrc/lua_bridge.c): configure once, then
--- one call per phase per exchange with the stream as light userdata.
+-- one call per phase per exchange with the stream's address as a number.
 local config = require("nuncio.config")
 local tonumber = tonumber
 local nffi = require("nuncio.ffi")
 
 local M = {}
 
+-- A request's Lua path (request_headers through the chain, the filters, the
+-- router and set_upstream) is one LuaJIT trace when it fits: with the
+-- default maxrecord (4000 IR instructions) it did not, the trace aborted
+-- ("trace too long") and the path ran interpreted, 4k more instructions a
+-- request (bench/profile). Twice the default fits it with room.
+if jit and jit.opt then jit.opt.start("maxrecord=8000", "maxirconst=1000") end
+
 -- Which phases have work; lua_bridge.c reads this after configure().
 M.wants = { request_headers = true, response_headers = false, response_trailers = false, log = true }
 
 local installed -- the chain requests run through
-local live = {} -- light userdata -> stream object, from first phase to the log phase
+local live = {} -- stream address (number) -> stream object, from first phase to the log phase
 local stream_mod, chain_mod -- loaded after lua_path is applied, so user copies win
 
 -- With a filter in a later phase (response, trailers, log) the exchange's
@@ -145,7 +152,7 @@ function M.request_headers(ud)
   local s = stream_mod.new(cast(ud), installed)
   inflight = s
   local rc, err = installed:request_headers(s)
-  if n_parked > 0 then unpark(addr(ud)) end
+  if n_parked > 0 then unpark(ud) end
   inflight = false
   s:_release()
   return rc, err
@@ -175,7 +182,7 @@ end
 --- later phase nothing else will release the stream object: do it here, so a
 --- filter that kept it gets an error, not freed memory.
 function M.abandon(ud)
-  local k = addr(ud)
+  local k = ud
   local s = parked[k]
   if s then
     unpark(k)

@@ -49,7 +49,10 @@ end
 function Headers:get(name)
   local rc = C.nu_ffi_hdr_get(cptr(self), self._which, name, #name, 0, str_out, len_out)
   if rc ~= OK then return nil end
-  return ffi_string(str_out[0], len_out[0])
+  -- Not a tail call: a root trace cannot tail-call ffi.string and return
+  -- below its start ("leaving loop in root trace"), so it never compiled.
+  local v = ffi_string(str_out[0], len_out[0])
+  return v
 end
 
 --- The value of a header, repeated values joined with "," (Envoy's get), or nil.
@@ -57,7 +60,10 @@ end
 function Headers:get_joined(name)
   local n = C.nu_ffi_hdr_get_n(cptr(self), self._which, name, #name, str_out, len_out)
   if n <= 0 then return nil end
-  if n == 1 then return ffi_string(str_out[0], len_out[0]) end
+  if n == 1 then
+    local v = ffi_string(str_out[0], len_out[0]) -- not a tail call: see get()
+    return v
+  end
   return table_concat(self:get_all(name), ",")
 end
 

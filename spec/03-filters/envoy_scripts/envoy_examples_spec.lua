@@ -400,6 +400,31 @@ end
     assert.are.equal("script:3: respond() cannot be called if headers have been continued", inst.last_error)
   end)
 
+  it("a request script proved to end runs without a coroutine of its own: body() waits, respond() ends it", function()
+    local code = [[
+function envoy_on_request(h)
+  local b = h:body()
+  if b and b:length() > 3 then
+    h:respond({ [":status"] = "413", ["x-why"] = "big" }, "too big")
+  end
+  h:headers():add("x-after", "reached")
+end
+]]
+    local r, _, inst = run(code, { method = "POST", body = "0123456789" })
+    assert.is_true(inst.proved)
+    assert.are.equal(413, r.reply.status)
+    assert.are.equal("too big", r.reply.body)
+    assert.are.equal("big", r.reply.headers["x-why"])
+    assert.is_nil(r.headers["x-after"]) -- respond() ended the script
+    local small = run(code, { method = "POST", body = "ab" })
+    assert.is_nil(small.reply)
+    assert.are.equal("reached", small.headers["x-after"])
+    local err_r, _, err_inst = run("function envoy_on_request(h)\n  h:headers():add(nil, 1)\nend\n")
+    assert.is_true(err_inst.proved)
+    assert.matches("script:2: bad argument #1 to 'add'", err_inst.last_error, 1, true)
+    assert.are.equal("target", err_r.route.name) -- fail open, as with a coroutine
+  end)
+
   it("setBytes() says it is not supported (the core cannot replace a body yet)", function()
     local _, _, inst = run("function envoy_on_request(h) h:body():setBytes('x') end",
       { method = "POST", body = "data" })
