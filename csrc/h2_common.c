@@ -40,6 +40,11 @@ static void set_nv(nghttp2_nv *nv, const struct hdr_entry *e)
     nv->value = (uint8_t *)e->value;
     nv->valuelen = e->vlen;
     nv->flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    /* A fresh UUID every request: indexing it (nghttp2 would) only churns
+     * both HPACK tables, an insert and an eviction each side per request,
+     * and pushes out entries that do repeat. Sent as a literal instead. */
+    if (e->nlen == 12 && memcmp(e->name, "x-request-id", 12) == 0)
+        nv->flags |= NGHTTP2_NV_FLAG_NO_INDEX;
 }
 
 size_t h2_nv_from_hdrs(const struct hdr_map *m, nghttp2_nv *nv)

@@ -42,9 +42,11 @@ struct h2_region {
     int cls;
 };
 
+/* glibc's chunks are multiples of 16 bytes, 8 of them its header: usable
+ * sizes are 16 k + 8, and class k holds blocks of at least that much. */
 #define H2_SMALL_STEP 16u
-#define H2_SMALL_MAX 512u
-#define H2_SMALL_CLASSES (H2_SMALL_MAX / H2_SMALL_STEP)
+#define H2_SMALL_CLASSES 32u
+#define H2_SMALL_MAX ((H2_SMALL_CLASSES - 1) * H2_SMALL_STEP + 8) /* 504 */
 #define H2_SMALL_KEEP 1024u
 
 struct small_block {
@@ -52,7 +54,7 @@ struct small_block {
 };
 
 struct h2_mem_pool {
-    /* Class k holds malloc blocks whose usable size is at least (k + 1) * H2_SMALL_STEP. */
+    /* Class k holds malloc blocks whose usable size is at least k * H2_SMALL_STEP + 8. */
     struct small_block *small[H2_SMALL_CLASSES]; /* owned */
     uint32_t n_small[H2_SMALL_CLASSES];
     struct h2_region *regions;
@@ -99,8 +101,8 @@ static void *slot_get(struct h2_mem_pool *p, int cls)
         if (!v)
             return NULL;
         p->regions = v;
-        void *base = mmap(NULL, H2_MEM_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                          -1, 0);
+        void *base =
+            mmap(NULL, H2_MEM_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (base == MAP_FAILED)
             return NULL;
         /* Transparent huge pages would make every touched slot fault in 2 MiB. */
@@ -136,7 +138,7 @@ static void slot_put(struct h2_mem_pool *p, struct h2_region *r, void *s)
 
 static void *small_get(struct h2_mem_pool *p, size_t size)
 {
-    size_t k = size ? (size - 1) / H2_SMALL_STEP : 0;
+    size_t k = size <= 8 ? 0 : (size - 8 + H2_SMALL_STEP - 1) / H2_SMALL_STEP;
     struct small_block *b = p->small[k];
     if (!b)
         return malloc(size);
@@ -149,11 +151,11 @@ static void *small_get(struct h2_mem_pool *p, size_t size)
 static void small_put(struct h2_mem_pool *p, void *ptr)
 {
     size_t usable = malloc_usable_size(ptr);
-    if (usable < H2_SMALL_STEP || usable >= H2_SMALL_MAX + H2_SMALL_STEP) {
+    if (usable < 8 || usable >= H2_SMALL_MAX + H2_SMALL_STEP) {
         free(ptr);
         return;
     }
-    size_t k = usable / H2_SMALL_STEP - 1;
+    size_t k = (usable - 8) / H2_SMALL_STEP;
     if (p->n_small[k] >= H2_SMALL_KEEP) {
         free(ptr);
         return;

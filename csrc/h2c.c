@@ -30,7 +30,7 @@ struct h2c {
     unsigned closing : 1;  /* our GOAWAY is out or the conn is closed: timers stay off */
     unsigned counted : 1;  /* in the worker's live_upstream_conns */
     char label[96];
-    char why[240]; /* what made the connection fail, for the streams' replies */
+    char why[240];             /* what made the connection fail, for the streams' replies */
     struct h2_mem_session mem; /* the session's allocator state (h2_mem.c); outlives the session */
 };
 
@@ -187,7 +187,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         return 0;
     /* Everything after the final response head is the trailer block. */
     struct hdr_map *m = x->up.headers_seen ? &x->resp.trailers : &x->resp.hdrs;
-    if (hdr_add(m, (const char *)name, nlen, (const char *)value, vlen) != NU_OK)
+    if (hdr_add_lower(m, (const char *)name, nlen, (const char *)value, vlen) != NU_OK)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }
@@ -248,8 +248,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     return 0;
 }
 
-static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
-                              void *ud)
+static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *ud)
 {
     struct exchange *x = stream_x(ng, id);
     if (!x) {
@@ -285,8 +284,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     return 0;
 }
 
-static ssize_t read_request_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
-                                 uint32_t *data_flags, nghttp2_data_source *source, void *ud)
+static ssize_t read_request_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length, uint32_t *data_flags,
+                                 nghttp2_data_source *source, void *ud)
 {
     struct exchange *x = source->ptr;
     /* NO_COPY: send_request_data moves the bytes straight from the queue to
@@ -345,8 +344,8 @@ static int submit_now(struct h2c *h, struct exchange *x)
     if (nv != stackv)
         free(nv);
     if (id < 0) {
-        nu_log(NU_LOG_WARN, "[c%llu] upstream %s: cannot submit request: %s", (unsigned long long)h->conn->id,
-               h->label, nghttp2_strerror(id));
+        nu_log(NU_LOG_WARN, "[c%llu] upstream %s: cannot submit request: %s", (unsigned long long)h->conn->id, h->label,
+               nghttp2_strerror(id));
         if (id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE)
             mark_unusable(h);
         return NU_ERR_PROTO;

@@ -449,7 +449,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         s->refuse_id = id;
         return 0;
     }
-    if (hdr_add(m, (const char *)name, nlen, (const char *)value, vlen) != NU_OK)
+    if (hdr_add_lower(m, (const char *)name, nlen, (const char *)value, vlen) != NU_OK)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     return 0;
 }

@@ -8,6 +8,15 @@ static int name_eq(const struct hdr_entry *e, const char *name, size_t nlen)
 {
     if (e->nlen != nlen)
         return 0;
+    /* Names of one length mostly differ in their last byte (":path" and
+     * ":host" aside): one compare before memcmp's call. */
+    if (nlen > 0) {
+        unsigned char c = (unsigned char)name[nlen - 1];
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c + 32);
+        if ((unsigned char)e->name[nlen - 1] != c)
+            return 0;
+    }
     /* Stored names are lower case and callers mostly ask in lower case. */
     if (memcmp(e->name, name, nlen) == 0)
         return 1;
@@ -135,7 +144,7 @@ static int grow(struct hdr_map *m, size_t need)
  * point into this very map (a value read from it), which a regrow would
  * free: such input is copied aside first. */
 static int entry_fill(struct hdr_map *m, struct hdr_entry *out, const char *name, size_t nlen, const char *value,
-                      size_t vlen)
+                      size_t vlen, int lower)
 {
     if (nlen > UINT32_MAX / 2 || vlen > UINT32_MAX / 2)
         return NU_ERR_LIMIT;
@@ -165,7 +174,10 @@ static int entry_fill(struct hdr_map *m, struct hdr_entry *out, const char *name
             out = m->v + at;
     }
     char *p = m->str + m->str_len;
-    fold_copy(p, name, nlen);
+    if (lower)
+        memcpy(p, name, nlen);
+    else
+        fold_copy(p, name, nlen);
     p[nlen] = '\0';
     memcpy(p + nlen + 1, value, vlen);
     p[nlen + 1 + vlen] = '\0';
@@ -186,7 +198,12 @@ static int entry_fill(struct hdr_map *m, struct hdr_entry *out, const char *name
 
 int hdr_add(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    return entry_fill(m, NULL, name, nlen, value, vlen);
+    return entry_fill(m, NULL, name, nlen, value, vlen, 0);
+}
+
+int hdr_add_lower(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    return entry_fill(m, NULL, name, nlen, value, vlen, 1);
 }
 
 int hdr_find(const struct hdr_map *m, const char *name, size_t nlen, int k)
@@ -241,7 +258,7 @@ int hdr_set(struct hdr_map *m, const char *name, size_t nlen, const char *value,
     int first = hdr_find(m, name, nlen, 0);
     if (first < 0)
         return hdr_add(m, name, nlen, value, vlen);
-    int rc = entry_fill(m, &m->v[first], name, nlen, value, vlen);
+    int rc = entry_fill(m, &m->v[first], name, nlen, value, vlen, 0);
     if (rc)
         return rc;
     /* name may have pointed into the block entry_fill regrew: match the copy. */

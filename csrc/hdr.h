@@ -28,6 +28,9 @@ struct hdr_map {
 };
 
 int hdr_add(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen);
+/* hdr_add for a name known to be lower case already (nghttp2 refuses
+ * upper-case names with HTTP messaging on): no folding pass. */
+int hdr_add_lower(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen);
 /* Replaces the first value of name and removes the others; adds it if absent. */
 int hdr_set(struct hdr_map *m, const char *name, size_t nlen, const char *value, size_t vlen);
 /* Removes every value of name; returns how many were removed. */
