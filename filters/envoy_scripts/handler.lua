@@ -246,11 +246,12 @@ local function script_error(inst, s, fname, where, err, tb)
 end
 
 local function run_phase(inst, s, dir, fn, fname)
-  local run = envoy.new_run(s, dir, inst.run_opts, inst.limit) -- the run holds the call's budget
-  local st, err, tb
+  local run, st, err, tb
   if inst.proved and dir == "request" then
+    run = envoy.new_direct_run(s)
     st, err, tb = envoy.call(run, fn) -- no coroutine of its own: see envoy.call
   else
+    run = envoy.new_run(s, dir, inst.run_opts, inst.limit) -- the run holds the call's budget
     st, err, tb = envoy.start(run, fn)
   end
   if st == "failed" then

@@ -186,6 +186,23 @@ local function cached(run, key, make)
   return o
 end
 
+-- Header names in lower case, remembered: a script asks for the same few
+-- names on every call, and string.lower makes a new string each time only
+-- for the string table to find it is there already. Bounded: cleared when
+-- it holds LOWER_MAX names.
+local lowered, n_lowered, LOWER_MAX = {}, 0, 512
+local function lower(name)
+  local l = lowered[name]
+  if l then return l end
+  l = string_lower(name)
+  if n_lowered >= LOWER_MAX then
+    lowered, n_lowered = {}, 0
+  end
+  lowered[name] = l
+  n_lowered = n_lowered + 1
+  return l
+end
+
 ---------------------------------------------------------------------------
 -- header maps
 
@@ -203,13 +220,13 @@ end
 
 local function get_joined(self, name)
   alive(self)
-  name = string_lower(checkstring(name, 1, "get"))
+  name = lower(checkstring(name, 1, "get"))
   return self._map:get_joined(name)
 end
 
 local function get_at(self, name, index)
   alive(self)
-  name = string_lower(checkstring(name, 1, "getAtIndex"))
+  name = lower(checkstring(name, 1, "getAtIndex"))
   index = checknumber(index, 2, "getAtIndex")
   index = index >= 0 and math_floor(index) or -1
   if index < 0 then return nil end
@@ -220,7 +237,7 @@ end
 
 local function num_values(self, name)
   alive(self)
-  name = string_lower(checkstring(name, 1, "getNumValues"))
+  name = lower(checkstring(name, 1, "getNumValues"))
   return self._map:count(name)
 end
 
@@ -269,21 +286,21 @@ end
 
 function HeaderMap:add(name, value)
   check_modifiable(self)
-  name = string_lower(checkstring(name, 1, "add"))
+  name = lower(checkstring(name, 1, "add"))
   value = checkstring(value, 2, "add")
   write(self, "add", name, value)
 end
 
 function HeaderMap:replace(name, value)
   check_modifiable(self)
-  name = string_lower(checkstring(name, 1, "replace"))
+  name = lower(checkstring(name, 1, "replace"))
   value = checkstring(value, 2, "replace")
   write(self, "set", name, value)
 end
 
 function HeaderMap:remove(name)
   check_modifiable(self)
-  name = string_lower(checkstring(name, 1, "remove"))
+  name = lower(checkstring(name, 1, "remove"))
   write(self, "remove", name)
 end
 
@@ -764,8 +781,8 @@ function Handle:respond(headers, body)
       seen[k] = true
     end
   end
-  run.state = "responded"
   if run.direct then error(RESPONDED, 0) end -- M.call catches it: the script ends here
+  run.state = "responded"
   co_yield(RESPONDED) -- never resumed: the script ends here
 end
 
@@ -853,7 +870,7 @@ function M.new_run(s, dir, opts, limit)
   return {
     s = s, dir = dir, live = false, gen = 0, cache = false, hmap = false, headers_continued = false,
     resume = opts and opts.resume or plain_resume, state = "new", co = false,
-    limit = limit or 0, used = 0, err = false, direct = false,
+    limit = limit or 0, used = 0, err = false,
   }
 end
 
@@ -928,29 +945,33 @@ local function direct_error(e)
   return { e, traceback(nil, 2) }
 end
 
+--- run = envoy.new_direct_run(stream): the run of a direct call (M.call),
+--- request path. Eight fields, so its table is half the size of new_run's:
+--- at some hundred thousand calls a second its garbage was a third of the
+--- script's cost (bench/lua_chain.lua under jit.p).
+function M.new_direct_run(s)
+  return { s = s, dir = "request", live = false, gen = 0, cache = false, hmap = false,
+    headers_continued = false, direct = true }
+end
+
 --- Calls fn(handle) directly, in the calling (phase) coroutine: for request
 --- scripts proved to end (nuncio.bounded), which cannot yield on their own,
 --- catch errors or reach coroutines, so no coroutine of their own is needed;
---- body() waits in the phase's coroutine. Results as drive()'s, never
---- "waiting" (only response scripts wait for trailers).
+--- body() waits in the phase's coroutine. run: new_direct_run's. Results as
+--- drive()'s, never "waiting" (only response scripts wait for trailers).
 function M.call(run, fn)
-  run.direct = true
   run.live = true
-  run.state = "running"
   local ok, e = xpcall(fn, direct_error, setmetatable({ _run = run }, Handle))
   run.live = false
   if ok then
-    run.state = "done"
     run.headers_continued = true
     new_generation(run)
     return "done"
   end
   if e == RESPONDED then
-    run.state = "responded"
     new_generation(run)
     return "responded"
   end
-  run.state = "failed"
   run.headers_continued = true
   local msg = e[1]
   if type(msg) ~= "string" then msg = tostring(msg) end
