@@ -857,12 +857,31 @@ static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
         st->x.down.ops->reset(&st->x, NGHTTP2_INTERNAL_ERROR);
 }
 
+/* The request's declared content-length, or -1 (none, or not a number). */
+static long long declared_length(const struct stream *st)
+{
+    size_t n;
+    const char *v = hdr_get(&st->x.req.hdrs, HDR_LIT("content-length"), &n);
+    if (!v || n == 0 || n > 18)
+        return -1;
+    long long len = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        len = len * 10 + (v[i] - '0');
+    }
+    return len;
+}
+
 static void start_upstream(struct stream *st)
 {
     st->flags |= ST_F_PROXYING;
     st->up_started = ev_now(st->w->loop);
-    /* Whatever body a filter already held is the replay's start. */
-    if (st->x.req.body.bytes > replay_limit(st)) {
+    /* Whatever body a filter already held is the replay's start; a body
+     * declared bigger than the replay may keep is not copied at all (a
+     * 1 MiB upload copied its first 64 KiB, with reallocs, for nothing). */
+    long long declared = declared_length(st);
+    if (st->x.req.body.bytes > replay_limit(st) || (declared >= 0 && (unsigned long long)declared > replay_limit(st))) {
         drop_replay(st);
     } else {
         for (const struct chunk *c = st->x.req.body.head; c; c = c->next)
