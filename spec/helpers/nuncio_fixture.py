@@ -77,23 +77,47 @@ _stubs = None
 _stubs_lock = threading.Lock()
 
 
+_PROTOS = ((os.path.join(SRC, "examples", "grpc-greeter", "protos"), "helloworld.proto"),
+           (os.path.join(SRC, "spec", "04-integration", "protos"), "echo.proto"))
+
+
+def _stubs_dir():
+    """The generated stubs' folder, shared by every test process: named after the protos and
+    grpcio's version, made once (in a scratch folder renamed into place, so racing processes
+    never see half of it) and kept. A folder per process, removed at exit, was left behind by
+    every helper server a test stopped with a signal."""
+    import hashlib
+    h = hashlib.sha256(grpc.__version__.encode())
+    for proto_dir, proto in _PROTOS:
+        with open(os.path.join(proto_dir, proto), "rb") as f:
+            h.update(f.read())
+    out = os.path.join(tempfile.gettempdir(), "nuncio-stubs-" + h.hexdigest()[:16])
+    if os.path.isfile(os.path.join(out, "echo_pb2_grpc.py")):
+        return out
+    from grpc_tools import protoc
+    scratch = tempfile.mkdtemp(prefix="nuncio-stubs-new-")
+    try:
+        for proto_dir, proto in _PROTOS:
+            rc = protoc.main(["grpc_tools.protoc", "-I" + proto_dir, "--python_out=" + scratch,
+                              "--grpc_python_out=" + scratch, os.path.join(proto_dir, proto)])
+            if rc != 0:
+                raise RuntimeError("protoc failed on %s/%s (exit %d)" % (proto_dir, proto, rc))
+        try:
+            os.rename(scratch, out)
+        except OSError:
+            pass  # another process put it there first: use that one
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
+
+
 def stubs():
     """Generates (once per process) and imports the Python stubs of
     examples/grpc-greeter/protos/helloworld.proto and spec/04-integration/protos/echo.proto."""
     global _stubs
     with _stubs_lock:
         if _stubs is None:
-            from grpc_tools import protoc
-            out = tempfile.mkdtemp(prefix="nuncio-stubs-")
-            import atexit
-            atexit.register(shutil.rmtree, out, True)
-            for proto_dir, proto in ((os.path.join(SRC, "examples", "grpc-greeter", "protos"), "helloworld.proto"),
-                                     (os.path.join(SRC, "spec", "04-integration", "protos"), "echo.proto")):
-                rc = protoc.main(["grpc_tools.protoc", "-I" + proto_dir, "--python_out=" + out,
-                                  "--grpc_python_out=" + out, os.path.join(proto_dir, proto)])
-                if rc != 0:
-                    raise RuntimeError("protoc failed on %s/%s (exit %d)" % (proto_dir, proto, rc))
-            sys.path.insert(0, out)
+            sys.path.insert(0, _stubs_dir())
             import echo_pb2
             import echo_pb2_grpc
             import helloworld_pb2
