@@ -53,8 +53,8 @@ import grpc  # noqa: E402
 
 from nuncio_fixture import (CALL_TIMEOUT, GRPC_MSG_OPTIONS, H2_CONTINUATION, H2_DATA, H2_END_HEADERS,  # noqa: E402
                             H2_END_STREAM, H2_GOAWAY, H2_HEADERS, H2_PING, H2_PREFACE, H2_RST_STREAM, H2_SETTINGS,
-                            H2_WINDOW_UPDATE, SANITIZE, SLOW, H2Client, NuncioTestCase, grpc_frame, hpack_literal,
-                            mapping, stubs)
+                            H2_WINDOW_UPDATE, SANITIZE, SLOW, H2Client, NuncioTestCase, grpc_frame, hpack_int,
+                            hpack_literal, mapping, stubs)
 
 S = stubs()
 hw, hw_grpc = S.helloworld_pb2, S.helloworld_pb2_grpc
@@ -152,19 +152,6 @@ def frame(ftype, flags, sid, payload=b""):
 def request_headers(port, path):
     return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "127.0.0.1:%d" % port),
             ("content-type", "application/grpc"), ("te", "trailers")]
-
-
-def hpack_int(value, prefix_bits, first=0):
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([first | value])
-    out = [first | limit]
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7f) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def hpack_indexed_literal(name, value):

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from certs import certs  # noqa: E402
 from nuncio_fixture import (start_recorder, BIN, CALL_TIMEOUT, SETTLE_TIMEOUT, SLOW, SRC, NuncioTestCase, case, host,  # noqa: E402
-                            mapping, secret)
+                            mapping, secret, Http1Conn as Conn)
 
 
 def _constant(name, default):
@@ -46,98 +46,6 @@ def record(resp):
     fields = resp.header("x-h2record").split("\t")[1:]
     unesc = lambda s: s.replace("\\t", "\t").replace("\\\\", "\\")  # noqa: E731
     return [(unesc(fields[i]), unesc(fields[i + 1])) for i in range(0, len(fields) - 1, 2)]
-
-
-class Response:
-    def __init__(self, version, status, headers, body):
-        self.version, self.status, self.headers, self.body = version, status, headers, body
-
-    def header(self, name):
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
-
-
-class Conn:
-    """A raw HTTP/1.1 client: sends bytes as given, reads responses strictly by
-    their framing (content-length, chunked, or to EOF)."""
-
-    def __init__(self, port, tls_context=None):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=CALL_TIMEOUT)
-        if tls_context:
-            self.sock = tls_context.wrap_socket(self.sock, server_hostname="localhost")
-        self.buf = b""
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def _fill(self):
-        d = self.sock.recv(65536)
-        if not d:
-            raise EOFError("connection closed")
-        self.buf += d
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line.decode("latin-1")
-
-    def _take(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def read_response(self, head=False):
-        version, status, _ = (self._line().split(" ", 2) + [""])[:3]
-        headers = []
-        while True:
-            line = self._line()
-            if not line:
-                break
-            k, _, v = line.partition(":")
-            headers.append((k, v.strip()))
-        r = Response(version, int(status), headers, b"")
-        if head or r.status in (100, 204, 304):
-            return r
-        if r.header("transfer-encoding") == "chunked":
-            while True:
-                size = int(self._line().split(";")[0], 16)
-                if size == 0:
-                    while self._line():
-                        pass
-                    break
-                r.body += self._take(size)
-                self._take(2)
-        elif r.header("content-length") is not None:
-            r.body = self._take(int(r.header("content-length")))
-        else:
-            while True:
-                try:
-                    self._fill()
-                except EOFError:
-                    break
-            r.body, self.buf = self.buf, b""
-        return r
-
-    def closed_by_peer(self, timeout=SETTLE_TIMEOUT):
-        """True once the proxy closed (EOF or reset) within timeout; unread bytes are dropped."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, min(1.0, deadline - time.monotonic())))
-            try:
-                if not self.sock.recv(65536):
-                    return True
-            except socket.timeout:
-                continue
-            except OSError:
-                return True
-        return False
-
-    def close(self):
-        self.sock.close()
 
 
 def curl(*args):

@@ -32,7 +32,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helpers"))
 
 from certs import certs  # noqa: E402
-from nuncio_fixture import (start_recorder, BIN, CALL_TIMEOUT, SLOW, SRC, H2Client, NuncioTestCase, host, listener,  # noqa: E402
+from nuncio_fixture import (start_recorder, BIN, CALL_TIMEOUT, SLOW, SRC, H2Client, Http1Conn, NuncioTestCase, host, listener,  # noqa: E402
                             mapping, secret)
 
 def _h1_limits_wired():
@@ -59,71 +59,10 @@ def module(config):
             "metadata": {"name": "ambassador"}, "spec": {"config": config}}
 
 
-class Http1:
-    """A raw HTTP/1.1 client: one request, then the status line and headers."""
-
-    def __init__(self, port, timeout=CALL_TIMEOUT):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
-
-    def close(self):
-        self.sock.close()
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def _fill(self):
-        d = self.sock.recv(65536)
-        if not d:
-            raise EOFError("connection closed")
-        self.buf += d
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def _take(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def response(self):
-        """(status, {lower-case name: value}, body): the body by content-length or chunked."""
-        while b"\r\n\r\n" not in self.buf:
-            self._fill()
-        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        if headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                size = int(self._line().split(b";")[0], 16)
-                if size == 0:
-                    while self._line():
-                        pass  # trailers
-                    return status, headers, body
-                body += self._take(size)
-                self._take(2)
-        return status, headers, self._take(int(headers.get("content-length", "0")))
-
-    def closed_by_peer(self, timeout):
-        """True when the proxy closes the connection within timeout (reading what it sends)."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                if not self.sock.recv(65536):
-                    return True
-        except socket.timeout:
-            return False
-        except ConnectionResetError:
-            return True
+def response(c):
+    """(status, {lower-case name: value}, body) of the next response on an Http1Conn."""
+    r = c.read_response()
+    return r.status, {k.lower(): v for k, v in r.headers}, r.body
 
 
 def get(path, extra_headers=b""):
@@ -150,7 +89,7 @@ class LimitsTest(NuncioTestCase):
             default_listener=False)
 
     def h1(self):
-        c = Http1(self.proxy.port)
+        c = Http1Conn(self.proxy.port)
         self.addCleanup(c.close)
         return c
 
@@ -164,14 +103,14 @@ class LimitsTest(NuncioTestCase):
     def test_http1_header_block_within_the_limit_passes(self):
         c = self.h1()
         c.send(get(b"/rec/ok", b"x-big: " + b"a" * ((HEADERS_KB - 1) * 1024) + b"\r\n"))
-        status, headers, _ = c.response()
+        status, headers, _ = response(c)
         self.assertEqual(status, 200)
 
     @unittest.skipUnless(H1_WIRED, NOT_WIRED)
     def test_http1_header_block_over_the_limit_gets_431_and_close(self):
         c = self.h1()
         c.send(get(b"/rec/big", b"x-big: " + b"a" * (HEADERS_KB * 1024) + b"\r\n"))
-        status, headers, _ = c.response()
+        status, headers, _ = response(c)
         self.assertEqual(status, 431)
         self.assertEqual(headers.get("connection"), "close")
         self.assertTrue(c.closed_by_peer(5 * SLOW))
@@ -181,7 +120,7 @@ class LimitsTest(NuncioTestCase):
         c = self.h1()
         fields = b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 100) for i in range(90))  # ~9.5 KiB in 90 fields
         c.send(get(b"/rec/many", fields))
-        self.assertEqual(c.response()[0], 431)
+        self.assertEqual(response(c)[0], 431)
 
     def test_http2_header_list_over_the_limit_is_refused_and_the_connection_lives(self):
         c = self.h2()
@@ -213,14 +152,14 @@ class LimitsTest(NuncioTestCase):
     def test_body_within_max_request_bytes_reaches_the_upstream_whole(self):
         c = self.h1()
         c.send(post(b"/rec/post", b"b" * MAX_BODY))
-        status, headers, _ = c.response()
+        status, headers, _ = response(c)
         self.assertEqual(status, 200)
         self.assertEqual(headers.get("x-h2record-body-bytes"), str(MAX_BODY))
 
     def test_body_over_max_request_bytes_gets_413(self):
         c = self.h1()
         c.send(post(b"/rec/post", b"b" * (MAX_BODY + 1)))
-        status, headers, body = c.response()
+        status, headers, body = response(c)
         self.assertEqual(status, 413)
         self.assertEqual(body, b"Payload Too Large")
 
@@ -231,7 +170,7 @@ class LimitsTest(NuncioTestCase):
                + b"%x\r\n%s\r\n" % (len(chunk), chunk))
         time.sleep(0.1)  # the proxy holds the first chunk; the upstream has seen nothing
         c.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk))
-        self.assertEqual(c.response()[0], 413)
+        self.assertEqual(response(c)[0], 413)
 
     def test_http2_body_over_max_request_bytes_gets_413(self):
         c = self.h2()
@@ -271,18 +210,18 @@ class BufferLimitTest(NuncioTestCase):
                                       "lua_scripts": "function envoy_on_request(h) h:body() end"})])
 
     def test_a_body_within_the_limit_is_held_and_sent_on(self):
-        c = Http1(self.proxy.port)
+        c = Http1Conn(self.proxy.port)
         self.addCleanup(c.close)
         c.send(post(b"/rec/ok", b"k" * (self.LIMIT - 100)))
-        status, headers, _ = c.response()
+        status, headers, _ = response(c)
         self.assertEqual(status, 200)
         self.assertEqual(headers.get("x-h2record-body-bytes"), str(self.LIMIT - 100))
 
     def test_a_body_over_the_limit_gets_413(self):
-        c = Http1(self.proxy.port)
+        c = Http1Conn(self.proxy.port)
         self.addCleanup(c.close)
         c.send(post(b"/rec/big", b"k" * (self.LIMIT + 100)))
-        self.assertEqual(c.response()[0], 413)
+        self.assertEqual(response(c)[0], 413)
 
 
 class DefaultHeaderLimitTest(NuncioTestCase):
@@ -294,14 +233,14 @@ class DefaultHeaderLimitTest(NuncioTestCase):
         cls.start_proxy([mapping("rec", "/rec/", rec)])
 
     def test_http1_60_kib_default(self):
-        c = Http1(self.proxy.port)
+        c = Http1Conn(self.proxy.port)
         self.addCleanup(c.close)
         c.send(get(b"/rec/ok", b"x-big: " + b"a" * (58 * 1024) + b"\r\n"))
-        self.assertEqual(c.response()[0], 200)
-        c2 = Http1(self.proxy.port)
+        self.assertEqual(response(c)[0], 200)
+        c2 = Http1Conn(self.proxy.port)
         self.addCleanup(c2.close)
         c2.send(get(b"/rec/big", b"x-big: " + b"a" * (61 * 1024) + b"\r\n"))
-        self.assertEqual(c2.response()[0], 431)
+        self.assertEqual(response(c2)[0], 431)
 
 
 class MaxConnectionsTest(NuncioTestCase):
@@ -319,7 +258,7 @@ class MaxConnectionsTest(NuncioTestCase):
         c.send(get(path))
         c.sock.settimeout(timeout)
         try:
-            status = c.response()[0]
+            status = response(c)[0]
         except socket.timeout:
             return False
         self.assertEqual(status, 200)
@@ -328,17 +267,17 @@ class MaxConnectionsTest(NuncioTestCase):
     def test_the_connection_over_the_limit_waits_until_one_closes(self):
         held = []
         for i in range(self.LIMIT):
-            c = Http1(self.proxy.port)
+            c = Http1Conn(self.proxy.port)
             self.addCleanup(c.close)
             self.assertTrue(self.served(c, b"/rec/held%d" % i, CALL_TIMEOUT))
             held.append(c)
-        extra = Http1(self.proxy.port)  # the kernel completes the handshake; the proxy does not accept
+        extra = Http1Conn(self.proxy.port)  # the kernel completes the handshake; the proxy does not accept
         self.addCleanup(extra.close)
         self.assertFalse(self.served(extra, b"/rec/extra", 1.0 * SLOW), "a connection over max_connections was served")
         held[0].close()
         t0 = time.monotonic()
         extra.sock.settimeout(CALL_TIMEOUT)
-        self.assertEqual(extra.response()[0], 200)  # its request was waiting in the socket
+        self.assertEqual(response(extra)[0], 200)  # its request was waiting in the socket
         self.assertLess(time.monotonic() - t0, 2.0 * SLOW)
         self.assertIn("max_connections (2) reached", self.proxy.log())
         # the held ones still work
@@ -364,7 +303,7 @@ class TlsHandshakeTimeoutTest(NuncioTestCase):
 
     def test_a_client_silent_after_its_first_tls_byte_is_cut_at_the_deadline(self):
         t0 = time.monotonic()
-        c = Http1(self.proxy.port)
+        c = Http1Conn(self.proxy.port)
         self.addCleanup(c.close)
         c.send(b"\x16")  # a TLS handshake record starts, and nothing follows
         self.assertTrue(c.closed_by_peer(self.HANDSHAKE + 3 * SLOW), "not cut after the handshake deadline")

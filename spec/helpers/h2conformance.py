@@ -62,7 +62,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from nuncio_fixture import SLOW, _HpackDecoder, _hpack_int, grpc_frame, hpack_literal  # noqa: E402
+from nuncio_fixture import SLOW, _HpackDecoder, hpack_int, grpc_frame, hpack_literal  # noqa: E402
 
 # ---------------------------------------------------------------------------- protocol constants
 
@@ -824,7 +824,7 @@ def _case_12(c):
 def _case_13(c):
     _open(c)
     c.headers(c.new_sid(), None, end_stream=True, block=hpack_literal(c.fields(c.tag + "-bad")) +
-              _hpack_int(1000, 7, 0x80))
+              hpack_int(1000, 7, 0x80))
     return expect_conn_error(c, (COMPRESSION_ERROR,))
 
 
@@ -834,7 +834,7 @@ def _case_14(c):
     _open(c)
     limit = c.server_settings.get(S_HEADER_TABLE_SIZE, 4096)
     c.headers(c.new_sid(), None, end_stream=True,
-              block=_hpack_int(limit + 1, 5, 0x20) + hpack_literal(c.fields(c.tag + "-bad")))
+              block=hpack_int(limit + 1, 5, 0x20) + hpack_literal(c.fields(c.tag + "-bad")))
     return expect_conn_error(c, (COMPRESSION_ERROR,))
 
 
@@ -843,7 +843,7 @@ def _case_14(c):
 def _case_15(c):
     _open(c)
     c.headers(c.new_sid(), None, end_stream=True,
-              block=hpack_literal(c.fields(c.tag + "-bad")) + _hpack_int(0, 5, 0x20))
+              block=hpack_literal(c.fields(c.tag + "-bad")) + hpack_int(0, 5, 0x20))
     return expect_conn_error(c, (COMPRESSION_ERROR,))
 
 

@@ -898,7 +898,101 @@ class _HpackDecoder:
             self.ptr = None
 
 
-def _hpack_int(value, prefix_bits, first=0):
+# --------------------------------------------------------------------------- raw HTTP/1.1
+
+class Http1Response:
+    def __init__(self, version, status, headers, body):
+        self.version, self.status, self.headers, self.body = version, status, headers, body
+
+    def header(self, name):
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+
+class Http1Conn:
+    """A raw HTTP/1.1 client: sends bytes as given, reads responses strictly by
+    their framing (content-length, chunked, or to EOF)."""
+
+    def __init__(self, port, tls_context=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=CALL_TIMEOUT)
+        if tls_context:
+            self.sock = tls_context.wrap_socket(self.sock, server_hostname="localhost")
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self):
+        d = self.sock.recv(65536)
+        if not d:
+            raise EOFError("connection closed")
+        self.buf += d
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line.decode("latin-1")
+
+    def _take(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_response(self, head=False):
+        version, status, _ = (self._line().split(" ", 2) + [""])[:3]
+        headers = []
+        while True:
+            line = self._line()
+            if not line:
+                break
+            k, _, v = line.partition(":")
+            headers.append((k, v.strip()))
+        r = Http1Response(version, int(status), headers, b"")
+        if head or r.status in (100, 204, 304):
+            return r
+        if r.header("transfer-encoding") == "chunked":
+            while True:
+                size = int(self._line().split(";")[0], 16)
+                if size == 0:
+                    while self._line():
+                        pass
+                    break
+                r.body += self._take(size)
+                self._take(2)
+        elif r.header("content-length") is not None:
+            r.body = self._take(int(r.header("content-length")))
+        else:
+            while True:
+                try:
+                    self._fill()
+                except EOFError:
+                    break
+            r.body, self.buf = self.buf, b""
+        return r
+
+    def closed_by_peer(self, timeout=SETTLE_TIMEOUT):
+        """True once the proxy closed (EOF or reset) within timeout; unread bytes are dropped."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, min(1.0, deadline - time.monotonic())))
+            try:
+                if not self.sock.recv(65536):
+                    return True
+            except socket.timeout:
+                continue
+            except OSError:
+                return True
+        return False
+
+    def close(self):
+        self.sock.close()
+
+
+def hpack_int(value, prefix_bits, first=0):
     limit = (1 << prefix_bits) - 1
     if value < limit:
         return bytes([first | value])
@@ -918,7 +1012,7 @@ def hpack_literal(headers):
     for name, value in headers:
         name = name.encode("latin-1") if isinstance(name, str) else name
         value = value.encode("latin-1") if isinstance(value, str) else value
-        out += b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+        out += b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
     return bytes(out)
 
 
