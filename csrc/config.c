@@ -457,8 +457,7 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
         cfg->enable_http10 = get_bool(L, lua_gettop(L), "enable_http10");
         cfg->max_request_headers_kb = get_int(L, lua_gettop(L), "max_request_headers_kb", 60);
         cfg->max_request_bytes = get_int(L, lua_gettop(L), "max_request_bytes", 0);
-        cfg->buffer_limit_bytes =
-            get_int(L, lua_gettop(L), "buffer_limit_bytes", NU_DEFAULT_BUFFER_LIMIT_BYTES);
+        cfg->buffer_limit_bytes = get_int(L, lua_gettop(L), "buffer_limit_bytes", NU_DEFAULT_BUFFER_LIMIT_BYTES);
         if (cfg->buffer_limit_bytes <= 0)
             cfg->buffer_limit_bytes = NU_DEFAULT_BUFFER_LIMIT_BYTES;
         if (read_grpc_stats(L, lua_gettop(L), &cfg->grpc_stats) != NU_OK ||
@@ -476,6 +475,9 @@ int config_from_lua(lua_State *L, int idx, struct nu_config *cfg, char *err, siz
     cfg->tls_handshake_timeout_ms = get_int(L, idx, "tls_handshake_timeout_ms", NU_DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS);
     if (cfg->tls_handshake_timeout_ms <= 0)
         cfg->tls_handshake_timeout_ms = NU_DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS;
+    cfg->io_batch_us = get_int(L, idx, "io_batch_us", NU_DEFAULT_IO_BATCH_US);
+    if (cfg->io_batch_us < 0 || cfg->io_batch_us > 1000)
+        cfg->io_batch_us = NU_DEFAULT_IO_BATCH_US;
     if (!cfg->server_name && !(cfg->server_name = strdup("envoy")))
         goto nomem;
 

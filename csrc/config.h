@@ -125,6 +125,7 @@ struct nu_access_log_cfg {
 #define NU_DEFAULT_BUFFER_LIMIT_BYTES (1024 * 1024)
 #define NU_DEFAULT_MAX_CONNECTIONS 100000
 #define NU_DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS 10000
+#define NU_DEFAULT_IO_BATCH_US 50
 
 /* Envoy's stream_idle_timeout default, for routes without idle_timeout_ms. */
 #define NU_DEFAULT_STREAM_IDLE_TIMEOUT_MS 300000
@@ -157,6 +158,7 @@ struct nu_config {
                                      * body may hold (Envoy's per_connection_buffer_limit_bytes, 1 MiB) */
     int max_connections;            /* native: downstream connections of the whole process; 0: no limit */
     int tls_handshake_timeout_ms;   /* native: accept to a finished TLS handshake */
+    int io_batch_us;                /* native: a busy worker's shortest time between polls; 0: none */
     char **route_names;             /* model.routes[i].name, for metrics and logs */
     size_t n_routes;
     struct nu_grpc_stats_cfg grpc_stats;

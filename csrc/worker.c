@@ -73,10 +73,27 @@ void worker_sweep(struct worker *w)
         access_log_flush(w->albuf);
 }
 
+/* Calls in flight from which a worker batches its polls (io_batch_us). Below
+ * it a call mostly waits on one peer at a time, and a delayed poll would only
+ * delay that call. */
+#define WORKER_BATCH_MIN_STREAMS 16
+
 static void on_prepare(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     struct worker *w = nu_container_of(p, struct worker, sweep);
     worker_sweep(w);
+    /* A busy loop that wakes for every packet spends its time waking: with
+     * 256 calls in flight nuncio polled once per request, and each wake-up
+     * and each small write cost more than the request's own work (bench/profile,
+     * docs/internals.md). libev's collect interval makes the next poll wait
+     * until io_batch_us after the last one, so it returns more events and the
+     * writes they cause leave together. The wait only happens when polls come
+     * closer than that, i.e. under load; output queued this turn is already
+     * written (the sweep above runs first). */
+    if (w->index >= 0 && w->gen) {
+        int busy = w->live_streams >= WORKER_BATCH_MIN_STREAMS;
+        ev_set_io_collect_interval(loop, busy ? w->gen->cfg.io_batch_us / 1e6 : 0.);
+    }
 }
 
 /* ------------------------------------------------------------ mailbox */

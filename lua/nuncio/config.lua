@@ -43,12 +43,15 @@ M.DEFAULTS = {
   max_connections = 100000,
   -- From accept to a finished TLS handshake (Envoy's transport_socket_connect_timeout is 10 s too)
   tls_handshake_timeout_ms = 10000,
+  -- A busy worker (16+ calls in flight) polls at most once per this many microseconds, so each
+  -- wake-up handles more events (docs/internals.md, "Event batching"); 0: poll at every turn.
+  io_batch_us = 50,
 }
 
 local LOG_LEVELS = check.set { "debug", "info", "warn", "error" }
 local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "ambassador", "secrets_dir",
   "overrides", "endpoints", "outlier_detection", "request_headers_timeout_ms", "drain_timeout_ms",
-  "max_connections", "tls_handshake_timeout_ms" }
+  "max_connections", "tls_handshake_timeout_ms", "io_batch_us" }
 
 KEYS.access_log = true -- access_log: read below, applied over the Module's in M.load
 
@@ -380,6 +383,15 @@ local function read_native(path, model, errs, warns)
     end
   end
 
+  local batch = r.get("io_batch_us")
+  if batch ~= nil then
+    if not check.is_integer(batch) or batch < 0 or batch > 1000 then
+      r.fail("io_batch_us", "must be an integer from 0 to 1000 (microseconds; 0: off), not " .. check.describe(batch))
+    else
+      model.io_batch_us = batch
+    end
+  end
+
   read_admin(r, model)
 
   for _, p in ipairs(r.strings("lua_path")) do
@@ -431,6 +443,7 @@ function M.defaults()
     request_headers_timeout_ms = M.DEFAULTS.request_headers_timeout_ms,
     max_connections = M.DEFAULTS.max_connections,
     tls_handshake_timeout_ms = M.DEFAULTS.tls_handshake_timeout_ms,
+    io_batch_us = M.DEFAULTS.io_batch_us,
     admin = { address = M.DEFAULTS.admin_address, port = M.DEFAULTS.admin_port },
     lua_path = {},
     chain = {},

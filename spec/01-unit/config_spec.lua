@@ -67,6 +67,7 @@ describe("nuncio.config", function()
       request_headers_timeout_ms = 10000,
       max_connections = 100000,
       tls_handshake_timeout_ms = 10000,
+      io_batch_us = 50,
       admin = { address = "127.0.0.1", port = 8877 },
       lua_path = {},
       chain = {},

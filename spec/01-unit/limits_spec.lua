@@ -167,4 +167,32 @@ describe("limits", function()
         .. 'the string "lots"' }, errs)
     end)
   end)
+
+  describe("native io_batch_us", function()
+    local native = fixtures.temp_files()
+    after_each(native.clean)
+
+    it("defaults to 50 µs, is read from the native config, 0 turning it off", function()
+      assert.equal(50, config.load {}.io_batch_us)
+      for _, v in ipairs { 0, 200, 1000 } do
+        local model, errs, warns = config.load { config = native("io_batch_us: " .. v .. "\n") }
+        assert.same({}, errs)
+        assert.equal(v, model.io_batch_us)
+        for _, w in ipairs(warns) do
+          assert.is_nil(w:find("unknown key", 1, true), w)
+        end
+      end
+    end)
+
+    it("refuses values outside 0..1000 with file and line", function()
+      for _, v in ipairs { "-1", "1001", "0.5", '"fast"' } do
+        local path = native("workers: 1\nio_batch_us: " .. v .. "\n")
+        local model, errs = config.load { config = path }
+        assert.is_nil(model)
+        assert.equal(1, #errs)
+        assert.truthy(errs[1]:find(path .. ":2: io_batch_us: must be an integer from 0 to 1000 (microseconds; 0: off), not ",
+          1, true), errs[1])
+      end
+    end)
+  end)
 end)

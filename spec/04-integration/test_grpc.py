@@ -1,5 +1,5 @@
 """gRPC through nuncio: the four call shapes, big messages, rewrite, local replies,
-cancellation, and one upstream connection for many concurrent calls.
+cancellation, one upstream connection for many concurrent calls (also with batched polls).
 
 Run by ctest as `/usr/bin/python3 -m unittest -v test_grpc` in spec/04-integration
 with NUNCIO_BIN / NUNCIO_SRC (and NUNCIO_SANITIZE=1 under ASan) set.
@@ -213,6 +213,22 @@ class ConcurrentCallsTest(NuncioTestCase):
         self.assertEqual(stats.get("upstream_connects"), 1,
                          "one upstream HTTP/2 connection should carry all %d calls: %s" % (self.CALLS, stats))
         self.assertEqual(len(self.up.peers), 1, "the upstream saw the calls from %s" % sorted(self.up.peers))
+
+
+class BatchedPollsTest(ConcurrentCallsTest):
+    """io_batch_us at its largest (1 ms): with 200 calls in flight every poll of the worker
+    is batched; each call still gets its own reply, and a call made alone afterwards (below
+    the in-flight threshold, so polls are not delayed) still works."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_upstream(workers=16)
+        cls.start_proxy([mapping("grpc-py", "/helloworld.Greeter/", cls.up.address)], native={"io_batch_us": 1000})
+
+    def test_lone_call_after_the_burst(self):
+        with self.proxy.channel() as channel:
+            reply = hw_grpc.GreeterStub(channel).SayHello(hw.HelloRequest(name="alone"), timeout=CALL_TIMEOUT)
+        self.assertEqual(reply.message, "Hello, alone!")
 
 
 HOP_FILTER = r"""
