@@ -24,6 +24,7 @@ local tonumber = tonumber
 local ipairs = ipairs
 local tostring = tostring
 local string_format = string.format
+local HUGE = math.huge
 
 local NULL = yaml.null
 local yaml_line = yaml.line
@@ -56,6 +57,20 @@ local KEYS = check.set { "workers", "log_level", "admin", "lua_path", "chain", "
 KEYS.access_log = true -- access_log: read below, applied over the Module's in M.load
 
 local value = check.value
+
+-- model[key] = the native config's integer at key if lo <= it <= hi; else a "file:line: key:
+-- <must>, not <what it is>" error. An absent key keeps the default.
+local function int_key(r, model, key, lo, hi, must)
+  local v = r.get(key)
+  if v == nil then
+    return
+  end
+  if not check.is_integer(v) or v < lo or v > hi then
+    r.fail(key, must .. ", not " .. check.describe(v))
+  else
+    model[key] = v
+  end
+end
 
 -- a reader over one mapping of the native config; messages "file:line: key: msg"
 local function reader(file, tbl, path, errs, warns)
@@ -335,14 +350,7 @@ local function read_native(path, model, errs, warns)
     end
   end
 
-  local drain = r.get("drain_timeout_ms")
-  if drain ~= nil then
-    if not check.is_integer(drain) or drain < 0 then
-      r.fail("drain_timeout_ms", "must be an integer >= 0 (milliseconds), not " .. check.describe(drain))
-    else
-      model.drain_timeout_ms = drain
-    end
-  end
+  int_key(r, model, "drain_timeout_ms", 0, HUGE, "must be an integer >= 0 (milliseconds)")
 
   local level = r.get("log_level")
   if level ~= nil then
@@ -353,44 +361,11 @@ local function read_native(path, model, errs, warns)
     end
   end
 
-  local rht = r.get("request_headers_timeout_ms")
-  if rht ~= nil then
-    if not check.is_integer(rht) or rht < 0 or rht > check.MAX_MS then
-      r.fail("request_headers_timeout_ms", "must be an integer between 0 and " .. check.MAX_MS .. " (0: no limit), not "
-        .. check.describe(rht))
-    else
-      model.request_headers_timeout_ms = rht
-    end
-  end
-
-  local maxc = r.get("max_connections")
-  if maxc ~= nil then
-    if not check.is_integer(maxc) or maxc < 0 or maxc > 2147483647 then
-      r.fail("max_connections", "must be an integer between 0 and 2147483647 (0: no limit), not "
-        .. check.describe(maxc))
-    else
-      model.max_connections = maxc
-    end
-  end
-
-  local hst = r.get("tls_handshake_timeout_ms")
-  if hst ~= nil then
-    if not check.is_integer(hst) or hst < 1 or hst > check.MAX_MS then
-      r.fail("tls_handshake_timeout_ms", "must be an integer between 1 and " .. check.MAX_MS .. ", not "
-        .. check.describe(hst))
-    else
-      model.tls_handshake_timeout_ms = hst
-    end
-  end
-
-  local batch = r.get("io_batch_us")
-  if batch ~= nil then
-    if not check.is_integer(batch) or batch < 0 or batch > 1000 then
-      r.fail("io_batch_us", "must be an integer from 0 to 1000 (microseconds; 0: off), not " .. check.describe(batch))
-    else
-      model.io_batch_us = batch
-    end
-  end
+  int_key(r, model, "request_headers_timeout_ms", 0, check.MAX_MS,
+    "must be an integer between 0 and " .. check.MAX_MS .. " (0: no limit)")
+  int_key(r, model, "max_connections", 0, 2147483647, "must be an integer between 0 and 2147483647 (0: no limit)")
+  int_key(r, model, "tls_handshake_timeout_ms", 1, check.MAX_MS, "must be an integer between 1 and " .. check.MAX_MS)
+  int_key(r, model, "io_batch_us", 0, 1000, "must be an integer from 0 to 1000 (microseconds; 0: off)")
 
   read_admin(r, model)
 
