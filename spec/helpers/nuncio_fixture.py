@@ -129,15 +129,25 @@ def stubs():
 
 # --------------------------------------------------------------------------- ports
 
+_handed_out = set()
+
+
 def free_port():
     """A TCP port nobody listens on right now (bind port 0, close). Racy by nature:
-    Nuncio.start() retries with new ports when the proxy cannot bind."""
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    Nuncio.start() retries with new ports when the proxy cannot bind. Never the
+    same port twice in one process: the kernel may hand a closed port out again
+    at once, and a port kept free on purpose (a dead endpoint) must not become
+    the proxy's own listener."""
+    while True:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_accepts(port, host="127.0.0.1"):
