@@ -245,9 +245,30 @@ local function script_error(inst, s, fname, where, err, tb)
   end
 end
 
+-- Reusable runs of a confined script, free for the next call (a call that
+-- waits for a body holds its own meanwhile, so there may be several).
+local REUSE_MAX = 16
+
 local function run_phase(inst, s, dir, fn, fname)
   local run, st, err, tb
-  if inst.proved and dir == "request" then
+  if inst.confined and dir == "request" then
+    local free, n = inst.free, inst.n_free
+    if n > 0 then
+      run = free[n]
+      free[n] = nil
+      inst.n_free = n - 1
+    else
+      run = envoy.new_reusable_run()
+    end
+    envoy.reuse_run(run, s)
+    st, err, tb = envoy.call(run, fn)
+    envoy.release_run(run)
+    n = inst.n_free
+    if n < REUSE_MAX then
+      free[n + 1] = run
+      inst.n_free = n + 1
+    end
+  elseif inst.proved and dir == "request" then
     run = envoy.new_direct_run(s)
     st, err, tb = envoy.call(run, fn) -- no coroutine of its own: see envoy.call
   else
@@ -329,9 +350,21 @@ function M.new(config)
   log.write("debug", "lua_scripts %s: %s", name, proved
     and "the script ends on every path: it runs without the instruction budget"
     or ("instruction budget " .. (limit > 0 and tostring(limit) or "off") .. " (" .. tostring(why) .. ")"))
+  -- A proved request script that keeps nothing of a call (bounded.confined)
+  -- gets its handle and header map reused, not made per call: for the
+  -- guide's snippet those tables were half of what it cost.
+  local confined = false
+  if proved and on_request then
+    local cwhy
+    confined, cwhy = bounded.confined(on_request)
+    log.write("debug", "lua_scripts %s: %s", name, confined
+      and "envoy_on_request keeps nothing of a call: its handle objects are reused"
+      or ("handle objects made per call (" .. tostring(cwhy) .. ")"))
+  end
 
   local inst = {
     name = name, fail_closed = config.fail_closed == true, limit = limit, env = env, proved = proved,
+    confined = confined, free = {}, n_free = 0,
     errors = 0, last_error = nil,
     run_opts = { resume = limit > 0 and budgeted_resume or unbudgeted_resume },
     pending = setmetatable({}, { __mode = "k" }), -- stream -> response script waiting for trailers

@@ -224,4 +224,160 @@ function M.check(roots, env, trusted)
   return true
 end
 
+---------------------------------------------------------------------------
+-- Confinement: no object of the call outlives it.
+--
+--   local ok, why = bounded.confined(f)
+--
+-- f: an entry point already proved to end. ok = true when nothing it is
+-- handed (the handle in its first parameter) or gets from the handle's
+-- methods (header maps, body buffers, stream info, ...) can be reached once
+-- the call has returned: each such object is only ever the receiver of a
+-- method call, copied between registers or compared, never stored (global,
+-- upvalue, table field), passed as an argument, returned, concatenated or
+-- called. envoy_scripts then reuses the call's objects for the next call
+-- instead of making them anew: a kept object would come back to life, which
+-- this rules out. The results of the methods in SCALAR are strings, numbers,
+-- copies or nothing; any other method's result counts as an object too.
+-- Forward jumps only (the proof refused loops), so one pass in bytecode order
+-- sees every path; where paths meet, a register is what either path left.
+local SCALAR = {}
+for _, name in ipairs({
+  "get", "getAtIndex", "getNumValues", "length", "getBytes", "setBytes", "add", "replace", "remove",
+  "set", "setHttp1ReasonPhrase", "respond", "clearRouteCache", "base64Escape", "timestamp",
+  "timestampString", "protocol", "requestedServerName", "downstreamLocalAddress",
+  "downstreamDirectLocalAddress", "downstreamRemoteAddress", "downstreamDirectRemoteAddress",
+  "routeName", "virtualClusterName", "logTrace", "logDebug", "logInfo", "logWarn", "logErr", "logCritical",
+}) do SCALAR[name] = true end
+
+-- Where a call's arguments start, past its base register: 2 with LuaJIT's
+-- two-slot frames (64-bit), else 1. Read off a method call's bytecode.
+local ARG0
+do
+  local probe = loadstring("return function(o) o:m() end")()
+  if ok_ju then
+    local mov, call
+    for pc = 1, 8 do
+      local ins = jutil.funcbc(probe, pc)
+      if not ins then break end
+      if opname(ins) == "MOV" then mov = band(rshift(ins, 8), 0xff) end
+      if opname(ins) == "CALL" then call = band(rshift(ins, 8), 0xff) end
+    end
+    ARG0 = mov and call and mov - call
+  end
+end
+
+-- Register states: nil (not an object), true (an object), a string (a method
+-- looked up on an object, by name) or 1 (looked up by a computed key).
+local function join(x, y)
+  if x == y or y == nil then return x end
+  if x == nil then return y end
+  if type(x) == "string" and type(y) == "string" then return 1 end
+  if x ~= true and y ~= true then return 1 end
+  return true
+end
+
+local STORES = {
+  GSET = "is stored in a global", USETV = "is stored in an upvalue", TSETV = "is stored in a table or given a field",
+  TSETS = "is stored in a table or given a field", TSETB = "is stored in a table or given a field",
+  TSETR = "is stored in a table",
+}
+local READ_ONLY = { -- tests: they read registers and write none
+  ISLT = true, ISGE = true, ISLE = true, ISGT = true, ISEQV = true, ISNEV = true, ISEQS = true,
+  ISNES = true, ISEQN = true, ISNEN = true, ISEQP = true, ISNEP = true, IST = true, ISF = true,
+  ISTYPE = true, ISNUM = true, JMP = true, UCLO = true,
+}
+
+function M.confined(f)
+  if not (ok_ju and ok_vm and ARG0) then return false, "no jit.util in this Lua" end
+  local fi = jutil.funcinfo(f)
+  if fi.isvararg then return false, where(f, 0) .. ": takes varargs (the handle could be among them)" end
+  if (fi.params or 0) == 0 then return true end
+  local reg = { [0] = true } -- the handle
+  local multres = false -- the last open call's results (CALL with C = 0) are objects
+  local merge = {} -- pc -> register states a forward jump brings there
+  local function escapes(pc, what)
+    return false, string_format("%s: an object of the call %s", where(f, pc), what)
+  end
+  for pc = 1, 1e9 do
+    local ins, m = jutil.funcbc(f, pc)
+    if not ins then break end
+    local into = merge[pc]
+    if into then
+      for r, v in next, into do reg[r] = join(reg[r], v) end
+      merge[pc] = nil
+    end
+    local op = opname(ins)
+    local a = band(rshift(ins, 8), 0xff)
+    local b, c = rshift(ins, 24), band(rshift(ins, 16), 0xff)
+    local d = rshift(ins, 16)
+    local ma, mb, mc = band(m, 7), rshift(band(m, 15 * 8), 3), rshift(band(m, 15 * 128), 7)
+    if mc == BCMjump then
+      local target, to = pc + d - 0x7fff, {}
+      for r, v in next, reg do to[r] = v end
+      local had = merge[target]
+      if had then
+        for r, v in next, had do to[r] = join(to[r], v) end
+      end
+      merge[target] = to
+    end
+    if op == "MOV" then
+      reg[a] = reg[d]
+    elseif op == "ISTC" or op == "ISFC" then
+      reg[a] = join(reg[a], reg[d])
+    elseif op == "TGETS" or op == "TGETB" or op == "TGETV" then
+      if op == "TGETV" and reg[c] then return escapes(pc, "is used as a key") end
+      if reg[b] then
+        reg[a] = op == "TGETS" and jutil.funck(f, -c - 1) or 1
+      else
+        reg[a] = nil
+      end
+    elseif op == "CALL" or op == "CALLM" or op == "CALLT" or op == "CALLMT" then
+      local tail = op == "CALLT" or op == "CALLMT"
+      local nargs = (tail and d or c) - 1 -- CALLM/CALLMT: the fixed ones, then the open results
+      local fn = reg[a]
+      if fn == true then return escapes(pc, "is called") end
+      local first = a + ARG0
+      for r = first, first + nargs - 1 do
+        if reg[r] and not (fn and r == first and reg[r] == true) then
+          return escapes(pc, "is passed as an argument")
+        end
+      end
+      if (op == "CALLM" or op == "CALLMT") and multres then return escapes(pc, "is passed as an argument") end
+      local object = fn and not SCALAR[fn] -- a method of an object (any other call gives no object)
+      if tail then
+        if object then return escapes(pc, "is returned") end
+      else
+        local nres = b - 1
+        for r = a, a + nres - 1 do reg[r] = object or nil end
+        if nres < 0 then multres = object and true or false end
+      end
+    elseif op == "RET" or op == "RET1" or op == "RETM" then
+      local n = op == "RET1" and 1 or (op == "RET" and d - 1 or d)
+      for r = a, a + n - 1 do
+        if reg[r] then return escapes(pc, "is returned") end
+      end
+      if op == "RETM" and multres then return escapes(pc, "is returned") end
+    elseif op == "TSETM" then
+      if reg[a - 1] or multres then return escapes(pc, "is stored in a table") end
+    elseif op == "KNIL" then
+      for r = a, d do reg[r] = nil end
+    elseif not READ_ONLY[op] and op ~= "RET0" then
+      -- Anything else that reads an object lets it out: a store, a
+      -- concatenation, arithmetic (which would raise anyway).
+      local how = STORES[op] or ("is used by " .. op)
+      if (ma == 3 and reg[a]) or (REG_MODES[mb] and reg[b]) then return escapes(pc, how) end
+      if mb == 4 and mc == 4 then -- CAT B..C
+        for r = b, c do
+          if reg[r] then return escapes(pc, how) end
+        end
+      elseif REG_MODES[mc] and reg[mb ~= 0 and c or d] then
+        return escapes(pc, how)
+      end
+      if ma == 1 then reg[a] = nil end
+    end
+  end
+  return true
+end
+
 return M

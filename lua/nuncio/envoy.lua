@@ -583,7 +583,16 @@ function Handle:headers()
   local run = handle_alive(self)
   local o = run.hmap
   if o then return o end
-  o = new_map(run, run.dir == "request" and run.s.request or run.s.response, "headers")
+  local map = run.dir == "request" and run.s.request or run.s.response
+  o = run.spare
+  if o then
+    -- A reused run's map object, at most once per call: after a wait the
+    -- call gets a new one, as the one before the wait must stay dead.
+    run.spare = false
+    o._gen, o._map, o._iter = run.gen, map, nil
+  else
+    o = new_map(run, map, "headers")
+  end
   run.hmap = o
   return o
 end
@@ -954,6 +963,30 @@ function M.new_direct_run(s)
     headers_continued = false, direct = true }
 end
 
+--- run = envoy.new_reusable_run(): a direct run whose handle and header map
+--- object serve call after call (envoy.reuse_run before each), for scripts
+--- proved confined (nuncio.bounded.confined: nothing of a call outlives it),
+--- so such a call makes no table at all. The generation only ever grows, so
+--- an object of an earlier call could not pass for a live one either.
+function M.new_reusable_run()
+  local run = { s = false, dir = "request", live = false, gen = 0, cache = false, hmap = false,
+    headers_continued = false, direct = true, handle = false, spare = false, map = false }
+  run.handle = setmetatable({ _run = run }, Handle)
+  run.map = new_map(run, false, "headers")
+  return run
+end
+
+--- Readies a reusable run for its next call, on stream s.
+function M.reuse_run(run, s)
+  run.s, run.cache, run.hmap, run.headers_continued, run.spare = s, false, false, false, run.map
+  run.body, run.body_streamed, run.chunks_done = nil, nil, nil
+end
+
+--- After the call: the run no longer holds the stream alive.
+function M.release_run(run)
+  run.s, run.map._map = false, false
+end
+
 --- Calls fn(handle) directly, in the calling (phase) coroutine: for request
 --- scripts proved to end (nuncio.bounded), which cannot yield on their own,
 --- catch errors or reach coroutines, so no coroutine of their own is needed;
@@ -961,7 +994,7 @@ end
 --- drive()'s, never "waiting" (only response scripts wait for trailers).
 function M.call(run, fn)
   run.live = true
-  local ok, e = xpcall(fn, direct_error, setmetatable({ _run = run }, Handle))
+  local ok, e = xpcall(fn, direct_error, run.handle or setmetatable({ _run = run }, Handle))
   run.live = false
   if ok then
     run.headers_continued = true

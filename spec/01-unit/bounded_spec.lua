@@ -123,3 +123,79 @@ function envoy_on_response(h) h:headers():add("x-seen", os.time()) end
     refused("x = 1", "no entry point")
   end)
 end)
+
+describe("nuncio.bounded.confined", function()
+  -- The script's envoy_on_request, after its top level ran (proved first, as
+  -- envoy_scripts asks only then).
+  local function entry(code)
+    local env = setmetatable({}, { __index = _G })
+    local f = assert(loadstring(code, "=script"))
+    setfenv(f, env)
+    f()
+    return env.envoy_on_request
+  end
+
+  local function confined(code)
+    local ok, why = bounded.confined(entry(code))
+    assert(ok, "expected confined, got: " .. tostring(why))
+  end
+
+  local function escapes(code, reason)
+    local ok, why = bounded.confined(entry(code))
+    assert.is_false(ok)
+    assert.matches(reason, why, 1, true)
+  end
+
+  it("the guide's snippet keeps nothing of its call", function()
+    confined(GUIDE)
+  end)
+
+  it("objects may be method receivers, copied, tested and compared; method results that are values are free", function()
+    confined([[
+local seen
+function envoy_on_request(h)
+  local m = h:headers()
+  local same = m
+  local p = same:get(":path")
+  seen = p -- a string, not an object
+  if m and m == h:headers() and p ~= nil then
+    m:add("x-len", tostring(h:body(true):length()) .. p)
+  end
+  local n = m:getNumValues("x") + 1
+  h:streamInfo():dynamicMetadata():set("f", "k", string.format("%d", n))
+  h:logInfo(h:streamInfo():protocol())
+  return h:respond({ [":status"] = "403" }, "no")
+end
+]])
+    confined("function envoy_on_request(h) local f = h.headers f(h):get('x') end") -- h:headers() spelt out
+    confined("function envoy_on_request() end")
+    confined("function envoy_on_request(h) end")
+  end)
+
+  it("refuses every way an object could outlive the call", function()
+    escapes("function envoy_on_request(h) saved = h end", "stored in a global")
+    escapes("local kept function envoy_on_request(h) kept = h:headers() end", "stored in an upvalue")
+    escapes("function envoy_on_request(h) local t = { h:body() } end", "stored in a table")
+    escapes("local T = {} function envoy_on_request(h) T.m = h:headers() end", "stored in a table")
+    escapes("function envoy_on_request(h) h.count = 1 end", "given a field")
+    escapes("function envoy_on_request(h) h:headers().x = 1 end", "given a field")
+    escapes("function envoy_on_request(h) print(h) end", "passed as an argument")
+    escapes("function envoy_on_request(h) tostring(h:streamInfo()) end", "passed as an argument")
+    escapes("function envoy_on_request(h) h:headers():add('x', h:headers()) end", "passed as an argument")
+    escapes("function envoy_on_request(h) return h:headers() end", "returned")
+    escapes("function envoy_on_request(h) return h end", "returned")
+    escapes("function envoy_on_request(h) local x = 'a' .. h end", "used by CAT")
+    escapes("function envoy_on_request(h) h() end", "is called")
+    escapes("function envoy_on_request(h) local f = h.headers f(h, h) end", "passed as an argument")
+    escapes("function envoy_on_request(h) local t = {} t[h] = 1 end", "stored in a table")
+    escapes("function envoy_on_request(...) local h = ... x = h end", "varargs")
+  end)
+
+  it("follows both sides of a branch", function()
+    escapes("function envoy_on_request(h, x) local a = x if x then a = h:headers() end print(a) end",
+      "passed as an argument")
+    escapes("function envoy_on_request(h) local a = h:headers():get('x') or h:headers() print(a) end",
+      "passed as an argument")
+    confined("function envoy_on_request(h) local a = h:headers() if a then a = 'x' else a = 'y' end print(a) end")
+  end)
+end)

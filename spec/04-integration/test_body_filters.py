@@ -129,6 +129,83 @@ class BodyFilterTest(NuncioTestCase):
         self.proxy.wait_stats(live_streams=0)
 
 
+# An Envoy script proved to end and to keep nothing of a call (bounded.confined):
+# envoy_scripts reuses its handle and header map object from call to call. A
+# call waiting in body() holds its own while other calls run, and each call's
+# objects must act on that call's stream only.
+CONFINED_SCRIPT = """function envoy_on_request(request_handle)
+  local tag = request_handle:headers():get("x-tag") or "none"
+  if request_handle:headers():get("x-read-body") ~= nil then
+    local n = request_handle:body():length()
+    request_handle:headers():add("x-body-bytes", tostring(n))
+  end
+  request_handle:headers():add("x-saw", tag)
+end
+"""
+
+
+class ConfinedScriptTest(NuncioTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = cls.start_upstream()
+        cls.start_proxy([mapping("echo", "/echo.Echo/", cls.up.address)],
+                        docs=[{"apiVersion": "getambassador.io/v3alpha1", "kind": "Module",
+                               "metadata": {"name": "ambassador"},
+                               "spec": {"config": {"lua_scripts": CONFINED_SCRIPT}}}],
+                        native={"log_level": "debug"})
+
+    def test_the_script_reuses_its_objects_and_each_call_sees_its_own_stream(self):
+        self.assertIn("envoy_on_request keeps nothing of a call: its handle objects are reused", self.proxy.log(0))
+        import queue
+        import threading
+        q = queue.Queue()
+
+        def requests():
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                yield item
+
+        result = {}
+        channel = self.proxy.channel(GRPC_MSG_OPTIONS)
+        self.addCleanup(channel.close)
+        stub = echo_grpc.EchoStub(channel)
+
+        def run():
+            try:
+                result["reply"] = stub.Collect(requests(), timeout=CALL_TIMEOUT,
+                                               metadata=[("x-read-body", "1"), ("x-tag", "waiting")])
+            except grpc.RpcError as e:
+                result["error"] = e
+        t = threading.Thread(target=run)
+        t.start()
+        q.put(echo.EchoRequest(text="first"))
+        # While that call waits in body(), others run the script, some at once.
+        for i in range(20):
+            self.assertEqual(stub.Echo(echo.EchoRequest(text="u%d" % i), timeout=CALL_TIMEOUT,
+                                       metadata=[("x-tag", "u%d" % i)]).text, "u%d" % i)
+        futures = [stub.Echo.future(echo.EchoRequest(text="f%d" % i), timeout=CALL_TIMEOUT,
+                                    metadata=[("x-tag", "f%d" % i)]) for i in range(30)]
+        self.assertEqual([f.result().text for f in futures], ["f%d" % i for i in range(30)])
+        q.put(echo.EchoRequest(text="second"))
+        q.put(None)
+        t.join(CALL_TIMEOUT)
+        self.assertNotIn("error", result)
+        self.assertEqual(result["reply"].text, "first,second")
+        seen = {md["x-saw"]: md for md in self.up.calls_to("/echo.Echo/Echo")}
+        self.assertEqual(sorted(seen), sorted(["u%d" % i for i in range(20)] + ["f%d" % i for i in range(30)]))
+        for tag, md in seen.items():
+            self.assertEqual(md["x-tag"], tag)
+            self.assertNotIn("x-body-bytes", md)
+        collected = self.up.calls_to("/echo.Echo/Collect")[-1]
+        self.assertEqual(collected["x-saw"], "waiting")
+        self.assertTrue(int(collected["x-body-bytes"]) > 10, collected)
+        self.assertNotIn("script log", self.proxy_log())
+        self.proxy.wait_stats(live_streams=0)
+
+
 if __name__ == "__main__":
     import unittest
     unittest.main(verbosity=2)

@@ -471,9 +471,10 @@ def start_recorder(cls):
 
 def native_yaml(admin_port, chain=None, lua_path=None, ambassador=("ambassador.yaml",), extra=None):
     """extra: more top-level keys, {key: value} (values written as JSON, which is YAML)."""
-    out = ["admin:", "  address: 127.0.0.1", "  port: %d" % admin_port, "log_level: %s" % LOG_LEVEL,
-           "ambassador: [%s]" % ", ".join(_q(a) for a in ambassador)]
     extra = dict(extra or {})
+    out = ["admin:", "  address: 127.0.0.1", "  port: %d" % admin_port,
+           "log_level: %s" % extra.pop("log_level", LOG_LEVEL),
+           "ambassador: [%s]" % ", ".join(_q(a) for a in ambassador)]
     # One worker unless a test asks for more: most suites check what one
     # worker's pools and balancers do with their connections.
     extra.setdefault("workers", 1)

@@ -296,6 +296,9 @@ describe("envoy_scripts: scripts proved to end run without the budget", function
       assert.are.equal("api.example.com", r.authority)
     end
     assert.are.equal(0, inst.errors)
+    -- It keeps nothing of a call, so one handle and map object served all 300.
+    assert.is_true(inst.confined)
+    assert.are.equal(1, inst.n_free)
     assert.is_nil(debug.gethook()) -- loading and running it left no count hook behind
     if had_hook then debug.sethook(had_hook, had_mask, had_count) end
   end)
@@ -350,10 +353,35 @@ function envoy_on_request(h)
   kept = h:headers()
 end
 ]])
+    assert.is_true(inst.proved)
+    assert.is_false(inst.confined) -- it keeps a map: its objects are made per call
     chain:request({ path = "/target/", authority = "x" })
     assert.are.equal(0, inst.errors)
     chain:request({ path = "/target/", authority = "x" })
     assert.are.equal("script:3: object used outside of proper scope", inst.last_error)
+  end)
+
+  it("a confined script's reused objects act on each call's own stream, after a failed call too", function()
+    local chain, inst = helpers.chain([[
+function envoy_on_request(h)
+  local p = h:headers():get(":path")
+  if p == "/target/fail" then error("boom") end
+  h:headers():add("x-p", p)
+end
+]])
+    assert.is_true(inst.confined)
+    for i = 1, 50 do
+      local path = i % 3 == 0 and "/target/fail" or ("/target/" .. i)
+      local r = chain:request({ path = path, authority = "x" })
+      if i % 3 == 0 then
+        assert.is_nil(r.headers["x-p"])
+      else
+        assert.are.equal(path, r.headers["x-p"])
+      end
+    end
+    assert.are.equal(16, inst.errors)
+    assert.are.equal("script:3: boom", inst.last_error)
+    assert.are.equal(1, inst.n_free)
   end)
 
   it("respond() on the response path raises Envoy's error", function()
