@@ -240,6 +240,7 @@ static void read_some(struct conn *c)
             conn_close(c, NU_OK);
             return;
         }
+        c->w->turn_bytes += (size_t)n;
         if (c->h->on_read(c, in, (size_t)n) < 0) {
             conn_close(c, NU_ERR_PROTO);
             return;

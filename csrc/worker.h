@@ -83,6 +83,8 @@ struct worker {
     uint64_t next_conn_id;
     uint64_t next_stream_id;
     uint64_t live_streams; /* exchanges allocated and not yet freed */
+    size_t turn_bytes;     /* read since the last prepare: bulk data in flight (on_prepare) */
+    unsigned bulk_turns;   /* turns in a row that read bulk data */
     uint64_t live_conns;
     uint64_t live_upstream_conns; /* h2c connections not yet closed (part of live_conns) */
     int ready;                    /* listeners are bound and Lua is loaded */

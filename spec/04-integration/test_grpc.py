@@ -218,17 +218,33 @@ class ConcurrentCallsTest(NuncioTestCase):
 class BatchedPollsTest(ConcurrentCallsTest):
     """io_batch_us at its largest (1 ms): with 200 calls in flight every poll of the worker
     is batched; each call still gets its own reply, and a call made alone afterwards (below
-    the in-flight threshold, so polls are not delayed) still works."""
+    the in-flight threshold, so polls are not delayed) still works. Bulk bodies batch too."""
 
     @classmethod
     def setUpClass(cls):
         cls.up = cls.start_upstream(workers=16)
-        cls.start_proxy([mapping("grpc-py", "/helloworld.Greeter/", cls.up.address)], native={"io_batch_us": 1000})
+        cls.start_proxy([mapping("grpc-py", "/helloworld.Greeter/", cls.up.address),
+                         mapping("echo", "/echo.Echo/", cls.up.address)], native={"io_batch_us": 1000})
 
     def test_lone_call_after_the_burst(self):
         with self.proxy.channel() as channel:
             reply = hw_grpc.GreeterStub(channel).SayHello(hw.HelloRequest(name="alone"), timeout=CALL_TIMEOUT)
         self.assertEqual(reply.message, "Hello, alone!")
+
+    def test_bulk_bodies_both_ways_while_polls_are_batched(self):
+        # Large bodies make the worker busy by themselves (bulk turns): four
+        # 4 MiB echoes at once, each read in 1 ms batches, come back intact.
+        payloads = [os.urandom(4 * MiB) for _ in range(4)]
+        with self.proxy.channel(GRPC_MSG_OPTIONS) as channel:
+            stub = echo_grpc.EchoStub(channel)
+            futures = [stub.Echo.future(echo.EchoRequest(text="bulk%d" % i, payload=p), timeout=CALL_TIMEOUT)
+                       for i, p in enumerate(payloads)]
+            for i, (f, p) in enumerate(zip(futures, payloads)):
+                reply = f.result()
+                self.assertEqual(reply.text, "bulk%d" % i)
+                self.assertEqual(hashlib.sha256(reply.payload).digest(), hashlib.sha256(p).digest())
+            reply = hw_grpc.GreeterStub(channel).SayHello(hw.HelloRequest(name="after"), timeout=CALL_TIMEOUT)
+        self.assertEqual(reply.message, "Hello, after!")
 
 
 HOP_FILTER = r"""
