@@ -21,6 +21,10 @@ one message or so) ahead of the client. The assertions allow
 while a proxy that read ahead would hold most of the transfer (the upstream
 produces ~200+ MiB/s here, several times the reading rate).
 
+IdleConnectionsTest (issue 7): 2 000 HTTP/2 connections that sent their
+preface and SETTINGS and then nothing keep at most 9 KiB each resident once
+RSS has settled (the bench's 10 000-connection case, small).
+
 Under ASan (NUNCIO_SANITIZE=1) RSS also counts shadow memory and the allocator's
 quarantine of freed chunks (up to 256 MiB by default), so the RSS bound is not
 checked there; the transfer, its integrity and the producer's lead still are.
@@ -145,6 +149,71 @@ class MemoryBoundedTest(NuncioTestCase):
             self.assertLessEqual(res.max_lead, MAX_LEAD, "%s: the upstream ran %.1f MiB ahead"
                                  % (tag, res.max_lead / float(MiB)))
         self.proxy.wait_stats(live_streams=0)
+
+
+IDLE_CONNS = 2000
+# What an idle HTTP/2 connection may keep resident: its conn (~0.7 KiB) and
+# codec (~0.6 KiB), nghttp2's session (2.9 KiB) and stream map (4 KiB, calloc'd,
+# partly never touched), measured 8.4 KiB in all. Its write buffer (4 KiB) goes
+# back once its output is written and no stream is open, its frame buffer's
+# page after the quiet release (csrc/h2s.c), the HPACK rings are never touched:
+# keeping any of them (9.5 KiB when the write buffer stayed) fails this.
+IDLE_BOUND_PER_CONN = 9 * KiB
+IDLE_SETTLE_S = 1.5  # RSS unchanged this long (the quiet release is 0.5 s after the last frame)
+
+
+class IdleConnectionsTest(NuncioTestCase):
+    """Issue 7's idle case, small enough for the test suite: what many idle
+    HTTP/2 connections cost once they have been idle for a moment."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_proxy([mapping("none", "/none/", "127.0.0.1:9")])
+
+    def test_idle_connections_keep_little_resident(self):
+        import socket
+        import time
+        pid = self.proxy.proc.pid
+        base = slow_reader.read_rss(pid)
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        socks = []
+        try:
+            for _ in range(IDLE_CONNS):
+                s = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=CALL_TIMEOUT)
+                socks.append(s)
+                s.sendall(preface)
+            for s in socks:  # nuncio's SETTINGS on each: it took every connection in
+                head = b""
+                while len(head) < 9:
+                    chunk = s.recv(9 - len(head))
+                    self.assertTrue(chunk, "nuncio closed an idle connection")
+                    head += chunk
+                self.assertEqual(head[3], 4, "the first frame should be nuncio's SETTINGS")
+            last, still = slow_reader.read_rss(pid), time.monotonic()
+            deadline = still + 20
+            while time.monotonic() - still < IDLE_SETTLE_S:
+                self.assertLess(time.monotonic(), deadline, "nuncio's RSS did not settle")
+                time.sleep(0.1)  # RSS poll interval: what settles is memory given back, no event to wait on
+                now = slow_reader.read_rss(pid)
+                if abs(now - last) > 64 * KiB:
+                    last, still = now, time.monotonic()
+            per_conn = (slow_reader.read_rss(pid) - base) / float(IDLE_CONNS)
+            if MEASURE:
+                sys.stderr.write("\n[idle] %.2f KiB resident per idle connection\n" % (per_conn / KiB))
+            if not SANITIZE:
+                self.assertLessEqual(per_conn, IDLE_BOUND_PER_CONN, "%d idle connections keep %.2f KiB each resident"
+                                     % (IDLE_CONNS, per_conn / KiB))
+            for s in socks[:50]:  # still served: a PING on an idle connection is answered
+                s.sendall(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"idlecost")
+            for s in socks[:50]:
+                data = b""
+                while b"idlecost" not in data:
+                    chunk = s.recv(4096)
+                    self.assertTrue(chunk, "nuncio closed an idle connection on a PING")
+                    data += chunk
+        finally:
+            for s in socks:
+                s.close()
 
 
 if __name__ == "__main__":
