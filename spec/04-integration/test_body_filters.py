@@ -6,7 +6,9 @@ Run by ctest as `/usr/bin/python3 -m unittest -v test_body_filters` in
 spec/04-integration with NUNCIO_BIN / NUNCIO_SRC (NUNCIO_SANITIZE=1 under ASan).
 """
 import os
+import queue
 import sys
+import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helpers"))
 
@@ -16,6 +18,43 @@ from nuncio_fixture import CALL_TIMEOUT, GRPC_MSG_OPTIONS, NuncioTestCase, mappi
 
 S = stubs()
 echo, echo_grpc = S.echo_pb2, S.echo_pb2_grpc
+
+
+class HeldCollect:
+    """A client-streaming Collect call whose body stays open until finish():
+    send() adds a message; finish() ends the body and returns the reply (or
+    raises the call's error)."""
+
+    def __init__(self, stub, metadata):
+        self.q = queue.Queue()
+        self.result = {}
+
+        def requests():
+            while True:
+                item = self.q.get()
+                if item is None:
+                    return
+                yield item
+
+        def run():
+            try:
+                self.result["reply"] = stub.Collect(requests(), timeout=CALL_TIMEOUT, metadata=metadata)
+            except grpc.RpcError as e:
+                self.result["error"] = e
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def send(self, text):
+        self.q.put(echo.EchoRequest(text=text))
+
+    def finish(self):
+        self.q.put(None)
+        self.thread.join(CALL_TIMEOUT)
+        if self.thread.is_alive():
+            raise AssertionError("the Collect call did not end within %ss" % CALL_TIMEOUT)
+        if "error" in self.result:
+            raise self.result["error"]
+        return self.result["reply"]
 
 # Reads the whole request body before routing; refuses bodies containing
 # "forbidden"; records sizes in headers the upstream / client can see.
@@ -98,34 +137,11 @@ class BodyFilterTest(NuncioTestCase):
     def test_other_calls_are_served_while_a_filter_waits(self):
         # A client stream whose body never ends while a filter waits for it:
         # unary calls on the same connection go on.
-        import queue
-        import threading
-        q = queue.Queue()
-
-        def requests():
-            while True:
-                item = q.get()
-                if item is None:
-                    return
-                yield item
-
-        result = {}
-
-        def run():
-            try:
-                result["reply"] = self.stub.Collect(requests(), timeout=CALL_TIMEOUT,
-                                                    metadata=[("x-read-body", "1")])
-            except grpc.RpcError as e:
-                result["error"] = e
-        t = threading.Thread(target=run)
-        t.start()
-        q.put(echo.EchoRequest(text="first"))
+        held = HeldCollect(self.stub, [("x-read-body", "1")])
+        held.send("first")
         self.assertEqual(self.stub.Echo(echo.EchoRequest(text="meanwhile"), timeout=CALL_TIMEOUT).text, "meanwhile")
-        q.put(echo.EchoRequest(text="second"))
-        q.put(None)
-        t.join(CALL_TIMEOUT)
-        self.assertNotIn("error", result)
-        self.assertEqual(result["reply"].text, "first,second")
+        held.send("second")
+        self.assertEqual(held.finish().text, "first,second")
         self.proxy.wait_stats(live_streams=0)
 
 
@@ -157,31 +173,11 @@ class ConfinedScriptTest(NuncioTestCase):
 
     def test_the_script_reuses_its_objects_and_each_call_sees_its_own_stream(self):
         self.assertIn("envoy_on_request keeps nothing of a call: its handle objects are reused", self.proxy.log(0))
-        import queue
-        import threading
-        q = queue.Queue()
-
-        def requests():
-            while True:
-                item = q.get()
-                if item is None:
-                    return
-                yield item
-
-        result = {}
         channel = self.proxy.channel(GRPC_MSG_OPTIONS)
         self.addCleanup(channel.close)
         stub = echo_grpc.EchoStub(channel)
-
-        def run():
-            try:
-                result["reply"] = stub.Collect(requests(), timeout=CALL_TIMEOUT,
-                                               metadata=[("x-read-body", "1"), ("x-tag", "waiting")])
-            except grpc.RpcError as e:
-                result["error"] = e
-        t = threading.Thread(target=run)
-        t.start()
-        q.put(echo.EchoRequest(text="first"))
+        held = HeldCollect(stub, [("x-read-body", "1"), ("x-tag", "waiting")])
+        held.send("first")
         # While that call waits in body(), others run the script, some at once.
         for i in range(20):
             self.assertEqual(stub.Echo(echo.EchoRequest(text="u%d" % i), timeout=CALL_TIMEOUT,
@@ -189,11 +185,8 @@ class ConfinedScriptTest(NuncioTestCase):
         futures = [stub.Echo.future(echo.EchoRequest(text="f%d" % i), timeout=CALL_TIMEOUT,
                                     metadata=[("x-tag", "f%d" % i)]) for i in range(30)]
         self.assertEqual([f.result().text for f in futures], ["f%d" % i for i in range(30)])
-        q.put(echo.EchoRequest(text="second"))
-        q.put(None)
-        t.join(CALL_TIMEOUT)
-        self.assertNotIn("error", result)
-        self.assertEqual(result["reply"].text, "first,second")
+        held.send("second")
+        self.assertEqual(held.finish().text, "first,second")
         seen = {md["x-saw"]: md for md in self.up.calls_to("/echo.Echo/Echo")}
         self.assertEqual(sorted(seen), sorted(["u%d" % i for i in range(20)] + ["f%d" % i for i in range(30)]))
         for tag, md in seen.items():
