@@ -189,6 +189,7 @@ static int read_tls(lua_State *L, int t, struct nu_tls_cfg *tc)
     int rc = get_str_list(L, t, "hostnames", &tc->hostnames, &tc->n_hostnames);
     rc |= get_str_list(L, t, "alpn_protocols", &tc->alpn, &tc->n_alpn);
     rc |= get_str_list(L, t, "cipher_suites", &tc->ciphers, &tc->n_ciphers);
+    rc |= get_str_list(L, t, "ecdh_curves", &tc->curves, &tc->n_curves);
     if (rc || !tc->name || !tc->source)
         return NU_ERR_NOMEM;
     return NU_OK;
@@ -205,6 +206,7 @@ static void free_tls(struct nu_tls_cfg *tc)
     free_str_list(tc->hostnames, tc->n_hostnames);
     free_str_list(tc->alpn, tc->n_alpn);
     free_str_list(tc->ciphers, tc->n_ciphers);
+    free_str_list(tc->curves, tc->n_curves);
 }
 
 /* The cluster's endpoints ({host, port} list) and balancer ({policy, hash}). */

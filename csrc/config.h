@@ -19,6 +19,8 @@ struct nu_tls_cfg {
     int min_version, max_version; /* 0 = default, else minor version 1..4 for v1.0..v1.3 */
     char **ciphers;
     size_t n_ciphers;
+    char **curves; /* ecdh_curves: OpenSSL or mbedTLS names; none: Envoy's X25519, P-256 */
+    size_t n_curves;
     char *sni;    /* origination: server name to send and check */
     char *source; /* "file:line: Kind name: field" for errors */
 };

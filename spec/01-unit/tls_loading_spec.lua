@@ -350,10 +350,10 @@ describe("TLS loading", function()
       assert.equal("v1.2", model.tls_contexts[1].min_tls_version)
       assert.equal("v1.3", model.tls_contexts[1].max_tls_version)
       assert.same({ "ECDHE-RSA-AES128-GCM-SHA256" }, model.tls_contexts[1].cipher_suites)
+      assert.same({ "X25519" }, model.tls_contexts[1].ecdh_curves)
       assert.same({
         "t.yaml:7: TLSContext c: hosts: no Host resource: Emissary 2+ ignores TLSContexts that terminate TLS when "
           .. "no Host exists; nuncio serves them, as Ambassador 1.x did",
-        "t.yaml:13: TLSContext c: ecdh_curves: accepted, not implemented: mbedTLS offers its default curves",
         't.yaml:20: TLSContext d: min_tls_version: must be v1.0, v1.1, v1.2 or v1.3, not the string "TLSv1.2"; '
           .. "ignored (as Emissary does)",
         "t.yaml:21: TLSContext d: max_tls_version: must be v1.0, v1.1, v1.2 or v1.3, not number 1.3; "
@@ -628,6 +628,14 @@ describe("TLS loading", function()
         source = "t.yaml:23: Mapping m: tls",
       } }, model.clusters[1])
       assert.same({}, model.tls_contexts) -- origination only
+    end)
+
+    it("takes ecdh_curves from tls: <TLSContext>; none leaves the core's default (Envoy's X25519, P-256)", function()
+      local curved = doc("TLSContext", "curved", { "sni: up.example.com", "ecdh_curves: [P-256, X25519]" })
+      local model = ok_model(curved .. mapping({ "service: up", "tls: curved" }) .. HOST .. HTTP_LISTENER)
+      assert.same({ "P-256", "X25519" }, model.clusters[1].tls.ecdh_curves)
+      model = ok_model(CTX .. mapping({ "service: up", "tls: upstream" }) .. HOST .. HTTP_LISTENER)
+      assert.is_nil(model.clusters[1].tls.ecdh_curves)
     end)
 
     it("warns about no SNI when the context has none", function()

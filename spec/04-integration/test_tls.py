@@ -191,6 +191,18 @@ class TlsTerminationTest(NuncioTestCase):
         self.assertIn("ALPN protocol: h2", out)
         self.assertIn("Verify return code: 0 (ok)", out)
 
+    def test_key_exchange_prefers_x25519_then_p256_as_envoy(self):
+        # Without ecdh_curves, Envoy's default order: X25519, then P-256 (mbedTLS
+        # alone would pick secp521r1 for a client that offers it, at ~4x the cost).
+        for label, groups, expect in (("client's default groups", None, "Server Temp Key: X25519"),
+                                      ("client prefers P-521, then P-384, then P-256", "P-521:P-384:P-256",
+                                       "ECDH, prime256v1")):
+            with case(label):
+                rc, out, _ = s_client(self.proxy.port, servername="localhost", alpn="h2", cafile=C.ca.cert_path,
+                                      extra=["-groups", groups] if groups else [])
+                self.assertEqual(rc, 0, out)
+                self.assertIn(expect, out)
+
     # ------------------------------------------------------------ SNI
 
     def test_sni_picks_each_hosts_certificate(self):
@@ -336,9 +348,12 @@ class ClientCertificateTest(NuncioTestCase):
     @classmethod
     def setUpClass(cls):
         cls.up = cls.start_upstream()
+        # ecdh_curves leaves P-256, the curve of every test certificate, out: it
+        # still verifies (Envoy checks no certificate curve against the list).
         docs = [tls_context("mtls-context", hosts=["localhost"], cert_chain_file=C.server.cert_path,
                             private_key_file=C.server.key_path, alpn_protocols="h2",
-                            cacert_chain_file=C.ca.cert_path, cert_required=True)]
+                            cacert_chain_file=C.ca.cert_path, cert_required=True,
+                            ecdh_curves=["P-384", "X25519"])]
         cls.start_proxy([mapping("grpc-py", "/helloworld.Greeter/", cls.up.address)], docs=docs,
                         listener_protocol="HTTPS")
 
@@ -349,6 +364,8 @@ class ClientCertificateTest(NuncioTestCase):
                               cert=C.client.cert_path, key=C.client.key_path)
         self.assertEqual(rc, 0, out)
         self.assertIn("ALPN protocol: h2", out)
+        self.assertIn("Verify return code: 0 (ok)", out)
+        self.assertIn("ECDH, secp384r1", out, "the context's ecdh_curves put P-384 first")
 
     def test_client_without_a_certificate_is_refused(self):
         for label, client_cert in (("no certificate", None), ("certificate of an unrelated CA", C.wrong_client)):

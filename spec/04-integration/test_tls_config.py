@@ -110,6 +110,19 @@ class TlsConfigErrorTest(unittest.TestCase):
                                        cipher_suites=["ECDHE-ECDSA-AES128-GCM-SHA256", "NOT-A-CIPHER"])])
         self.assertRefused(p, "ciphers", "cipher_suites", "NOT-A-CIPHER")
 
+    def test_ecdh_curves_in_openssl_and_mbedtls_spelling(self):
+        p = self.validate([tls_context("curves", hosts=["localhost"], cert_chain_file=C.server.cert_path,
+                                       private_key_file=C.server.key_path, alpn_protocols="h2",
+                                       ecdh_curves=["X25519", "prime256v1", "secp384r1", "P-521", "x448"])])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertNotIn("ecdh_curves", p.stderr)  # no "not implemented" warning any more
+
+    def test_unknown_ecdh_curve(self):
+        p = self.validate([tls_context("curves", hosts=["localhost"], cert_chain_file=C.server.cert_path,
+                                       private_key_file=C.server.key_path, alpn_protocols="h2",
+                                       ecdh_curves=["X25519", "P-999"])])
+        self.assertRefused(p, "curves", "ecdh_curves", "P-999")
+
     def test_cert_required_without_a_ca(self):
         p = self.validate([tls_context("mtls", hosts=["localhost"], cert_chain_file=C.server.cert_path,
                                        private_key_file=C.server.key_path, cert_required=True)])

@@ -421,10 +421,7 @@ function M.read_settings(c, store, opts)
     c:fail(k("min_tls_version"), string_format("%s is above max_tls_version %s", st.min, st.max))
   end
   st.ciphers = c:string_list(k("cipher_suites"))
-  if c:has(k("ecdh_curves")) then
-    c:string_list(k("ecdh_curves"))
-    c:warn(k("ecdh_curves"), "accepted, not implemented: mbedTLS offers its default curves")
-  end
+  st.curves = c:string_list(k("ecdh_curves"))
   st.sni = c:string("sni")
   if c:has(k("redirect_cleartext_from")) then
     c:int(k("redirect_cleartext_from"), nil, 1, 65535)
@@ -802,6 +799,7 @@ function Builder:finish(no_hosts)
         min_tls_version = st.min,
         max_tls_version = st.max,
         cipher_suites = st.ciphers,
+        ecdh_curves = st.curves,
         source = source,
       }
     end
@@ -837,6 +835,7 @@ function Builder:origination(res, ref)
     t.min_tls_version = ctx.min
     t.max_tls_version = ctx.max
     t.cipher_suites = ctx.ciphers
+    t.ecdh_curves = ctx.curves
   elseif ref.kind == "true" then
     rep:warning(res, "tls", "true verifies nothing (as in Emissary): the upstream's certificate is not checked",
       res.spec, "tls")
