@@ -100,8 +100,6 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *p, int revents)
      * quarter of the polls, reads and writes; the load generator's core, the
      * bench's limit, is woken that much less (upload +25 %). */
     if (w->index >= 0 && w->gen) {
-        /* Bulk: turns in a row that each read a DATA frame's worth. A turn
-         * with less (a lone call's reply) ends the run. */
         if (w->turn_bytes < WORKER_BATCH_BULK_BYTES)
             w->bulk_turns = 0;
         else if (w->bulk_turns < WORKER_BATCH_BULK_TURNS)

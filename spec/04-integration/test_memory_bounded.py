@@ -34,8 +34,10 @@ spec/04-integration with NUNCIO_BIN / NUNCIO_SRC (NUNCIO_SANITIZE=1 under ASan).
 NUNCIO_IT_MEASURE=1 prints the measurements to stderr.
 """
 import os
+import socket
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helpers"))
 
@@ -171,8 +173,6 @@ class IdleConnectionsTest(NuncioTestCase):
         cls.start_proxy([mapping("none", "/none/", "127.0.0.1:9")])
 
     def test_idle_connections_keep_little_resident(self):
-        import socket
-        import time
         pid = self.proxy.proc.pid
         base = slow_reader.read_rss(pid)
         preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
