@@ -32,13 +32,13 @@
 
 #define LARGE (1024 * 1024)
 #define WINDOW (16 * 1024 * 1024)
-#define OUT_IOV 256            /* iovecs queued per session */
-#define OUT_ARENA (64 * 1024)  /* copies of frame bytes nghttp2 lends only for the call */
-#define OUT_HIGH (256 * 1024)  /* queued bytes that are written before more are taken */
+#define OUT_IOV 256           /* iovecs queued per session */
+#define OUT_ARENA (64 * 1024) /* copies of frame bytes nghttp2 lends only for the call */
+#define OUT_HIGH (256 * 1024) /* queued bytes that are written before more are taken */
 
 static struct ev_loop *loop;
-static uint8_t *large_msg;          /* 5-byte gRPC prefix + LARGE bytes */
-static uint8_t small_msg[5 + 16];   /* 5-byte gRPC prefix + 16 bytes */
+static uint8_t *large_msg;        /* 5-byte gRPC prefix + LARGE bytes */
+static uint8_t small_msg[5 + 16]; /* 5-byte gRPC prefix + 16 bytes */
 
 /* Output not yet written: iov[first..n) point into arena or into a message. */
 struct out {
