@@ -208,8 +208,10 @@ int hdr_add_lower(struct hdr_map *m, const char *name, size_t nlen, const char *
 
 int hdr_find(const struct hdr_map *m, const char *name, size_t nlen, int k)
 {
+    /* The length test here, not only in name_eq: most entries differ in
+     * length, and the call per entry cost more than the compare. */
     for (uint32_t i = 0; i < m->n; i++)
-        if (name_eq(&m->v[i], name, nlen) && k-- == 0)
+        if (m->v[i].nlen == nlen && name_eq(&m->v[i], name, nlen) && k-- == 0)
             return (int)i;
     return -1;
 }
@@ -218,7 +220,7 @@ int hdr_count(const struct hdr_map *m, const char *name, size_t nlen)
 {
     int c = 0;
     for (uint32_t i = 0; i < m->n; i++)
-        c += name_eq(&m->v[i], name, nlen);
+        c += m->v[i].nlen == nlen && name_eq(&m->v[i], name, nlen);
     return c;
 }
 

@@ -522,9 +522,13 @@ static int add_forwarding_headers(struct stream *st)
             st->flags &= ~ST_F_SECURE;
         return rc;
     }
-    /* Envoy with no trusted hops overwrites x-forwarded-proto with what it saw. */
+    /* Envoy with no trusted hops overwrites x-forwarded-proto with what it saw
+     * (an add when there was none: hdr_set would look for it again). */
     const char *proto = (st->flags & ST_F_TLS) ? "https" : "http";
-    rc |= hdr_set(h, HDR_LIT("x-forwarded-proto"), proto, strlen(proto));
+    if (given)
+        rc |= hdr_set(h, HDR_LIT("x-forwarded-proto"), proto, strlen(proto));
+    else
+        rc |= hdr_add(h, HDR_LIT("x-forwarded-proto"), proto, strlen(proto));
     return rc;
 }
 

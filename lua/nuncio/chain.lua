@@ -17,7 +17,6 @@ local xpcall, pcall, require, type, tostring, tonumber = xpcall, pcall, require,
 local traceback = debug.traceback
 local string_format = string.format
 local find, sub, gsub = string.find, string.sub, string.gsub
-local request_id = header_rewrite.request_id
 
 local M = {}
 
@@ -234,7 +233,7 @@ function Chain:request_headers(s)
   -- (Module preserve_external_request_id) and present.
   local rq = s.request
   if not (self.preserve_request_id and rq:get("x-request-id")) then
-    rq:set("x-request-id", request_id())
+    rq:set_request_id()
   end
 
   -- The first filter outside the loop: a loop that runs once per request

@@ -24,6 +24,7 @@ int nu_ffi_hdr_at(struct stream *st, int which, int i, const char **name, size_t
 int nu_ffi_hdr_set(struct stream *st, int which, const char *name, size_t nlen, const char *value, size_t vlen);
 int nu_ffi_hdr_add(struct stream *st, int which, const char *name, size_t nlen, const char *value, size_t vlen);
 int nu_ffi_hdr_remove(struct stream *st, int which, const char *name, size_t nlen);
+int nu_ffi_hdr_set_request_id(struct stream *st);
 int nu_ffi_stream_info(struct stream *st, struct nu_stream_info *out);
 int nu_ffi_stream_flags(struct stream *st);
 int nu_ffi_stream_set_upstream(struct stream *st, int cluster, int timeout_ms, int policy, int route);

@@ -46,6 +46,31 @@ describe("nuncio.stream", function()
     assert.are.equal("a\0b", s.request:get("x-bin"))
   end)
 
+  it("sets x-request-id to a new UUID v4 made by the core, replacing any", function()
+    local UUID4 = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+    local seen, nibbles = {}, {}
+    for _ = 1, 2000 do
+      local s = new_stream()
+      s.request:add("x-request-id", "client")
+      s.request:add("x-request-id", "client-2")
+      s._route = { name = "cached" }
+      s.request:set_request_id()
+      assert.is_nil(s._route)
+      local ids = s.request:get_all("x-request-id")
+      assert.are.equal(1, #ids)
+      local id = ids[1]
+      assert.matches(UUID4, id)
+      assert.is_nil(seen[id])
+      seen[id] = true
+      nibbles[id:sub(1, 1)] = true -- the random digits take every value
+    end
+    local n = 0
+    for _ in pairs(nibbles) do n = n + 1 end
+    assert.are.equal(16, n)
+    assert.has_error(function() (new_stream()).response:set_request_id() end,
+      "set_request_id: request headers only")
+  end)
+
   it("reports gRPC-ness from the core", function()
     assert.is_true((new_stream(true)):is_grpc())
     assert.is_false((new_stream(false)):is_grpc())
