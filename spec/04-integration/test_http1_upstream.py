@@ -16,6 +16,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -216,6 +217,7 @@ class Http1UpstreamTest(NuncioTestCase):
         ]
         cls.start_proxy(plain)
         cls.tmp = tempfile.mkdtemp(prefix="h1up-")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
         cls.big_file = os.path.join(cls.tmp, "big")
         with open(cls.big_file, "wb") as f:
             f.write(BIG_BODY)
