@@ -147,7 +147,7 @@ function M.new(model, router)
   self.escaped_slashes = http.reject_requests_with_escaped_slashes == true
   self.merge_slashes = http.merge_slashes == true
   self.preserve_request_id = http.preserve_external_request_id == true
-  header_rewrite.seed() -- request ids and canary draws must differ between workers and runs
+  header_rewrite.seed() -- canary draws must differ between workers and runs
 
   local function any(method)
     for _, f in ipairs(filters) do

@@ -6,7 +6,6 @@
 --   hr.apply_request(rw, stream)          -- after the router chose the route
 --   hr.apply_response(rw, stream)         -- on the upstream response, before the filters
 --   hr.check(value) -> unknown_names      -- for load-time warnings (nuncio.ambassador)
---   hr.request_id()                       -- a random UUID v4, as Envoy's x-request-id
 --
 -- Route fields read (docs/ambassador.md, the loader fills them):
 --   route.request_headers_to_add / response_headers_to_add = { { name, value, append }, ... }
@@ -27,9 +26,7 @@ local find = string.find
 local sub = string.sub
 local byte = string.byte
 local lower = string.lower
-local format = string.format
 local concat = table.concat
-local random = math.random
 local floor = math.floor
 
 local format_mod = require("nuncio.ambassador.format")
@@ -38,7 +35,8 @@ local M = {}
 
 ---------------------------------------------------------------------------------------------
 -- Randomness: LuaJIT's math.random starts from a fixed seed, so two workers (or two runs)
--- would hand out the same request ids. Seed once per Lua state from the kernel.
+-- would make the same random choices (the router's canary draws). Seed once per Lua state
+-- from the kernel. (x-request-id is made in C: nu_ffi_hdr_set_request_id.)
 ---------------------------------------------------------------------------------------------
 
 local seeded = false
@@ -65,18 +63,6 @@ local function seed()
   math.randomseed(n)
 end
 M.seed = seed
-
---- A random UUID version 4 (RFC 4122), what Envoy generates for x-request-id.
-function M.request_id()
-  if not seeded then
-    seed()
-  end
-  -- Not a tail call: a compiled caller cannot return through one to format.
-  local id = format("%08x-%04x-4%03x-%04x-%04x%08x",
-    floor(random() * 4294967296), random(0, 65535), random(0, 4095),
-    0x8000 + random(0, 16383), random(0, 65535), floor(random() * 4294967296))
-  return id
-end
 
 ---------------------------------------------------------------------------------------------
 -- %…% variables
