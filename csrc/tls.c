@@ -76,9 +76,7 @@ struct tls {
 
 void tls_describe_error(int rc, char *dst, size_t dlen)
 {
-    char buf[200];
-    mbedtls_strerror(rc, buf, sizeof buf);
-    snprintf(dst, dlen, "%s", buf);
+    mbedtls_strerror(rc, dst, dlen); /* truncates to fit, NUL-terminated */
 }
 
 static void common_free(struct tls_common *c)
