@@ -125,6 +125,30 @@ static void test_fold_every_byte(void)
     }
 }
 
+/* Names longer than a word: compared eight bytes at a time, then the tail;
+ * a difference in either part, or only in case, is seen. */
+static void test_long_names(void)
+{
+    struct hdr_map m = {0};
+    CHECK(hdr_add(&m, HDR_LIT("x-forwarded-proto"), HDR_LIT("https")) == NU_OK);
+    CHECK(hdr_add(&m, HDR_LIT("x-forwarded-hosto"), HDR_LIT("h")) == NU_OK);
+    CHECK(hdr_add(&m, HDR_LIT("y-forwarded-proto"), HDR_LIT("y")) == NU_OK);
+    CHECK(hdr_find(&m, HDR_LIT("x-forwarded-proto"), 0) == 0);
+    CHECK(hdr_find(&m, HDR_LIT("x-forwarded-hosto"), 0) == 1);
+    CHECK(hdr_find(&m, HDR_LIT("y-forwarded-proto"), 0) == 2);
+    CHECK(hdr_find(&m, HDR_LIT("X-Forwarded-Proto"), 0) == 0);
+    CHECK(hdr_find(&m, HDR_LIT("x-forwarded-protO"), 0) == 0);
+    CHECK(hdr_find(&m, HDR_LIT("x-forwardeD-hosto"), 0) == 1);
+    CHECK(hdr_find(&m, HDR_LIT("x-forwarded-prato"), 0) == -1); /* the second word differs */
+    CHECK(hdr_add(&m, HDR_LIT("x-forwarded-prefix"), HDR_LIT("/p")) == NU_OK);
+    CHECK(hdr_find(&m, HDR_LIT("x-forwarded-prefix"), 0) == 3);
+    CHECK(hdr_find(&m, HDR_LIT("x-forwarded-prefax"), 0) == -1); /* the tail differs, not its last byte */
+    CHECK(hdr_find(&m, HDR_LIT("z-forwarded-proto"), 0) == -1);  /* the first word differs */
+    CHECK(hdr_find(&m, HDR_LIT("x-forwarded-prot"), 0) == -1);
+    CHECK(hdr_find(&m, HDR_LIT("grpc-status"), 0) == -1);
+    hdr_clear(&m);
+}
+
 int main(void)
 {
     test_fold_every_byte();
@@ -134,5 +158,6 @@ int main(void)
     test_remove_and_set_absent();
     test_growth();
     test_binary_values();
+    test_long_names();
     CHECK_DONE();
 }
