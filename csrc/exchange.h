@@ -54,6 +54,7 @@ struct side {
     uint64_t unconsumed;        /* bytes this side received and has not yet credited back */
     unsigned headers_seen : 1;  /* the message head from this side arrived */
     unsigned http1 : 1;         /* the codec speaks HTTP/1.x (no trailers unless chunked) */
+    unsigned queued : 1;        /* the codec holds events of this side it has not reported yet */
     struct side *prev, *next;   /* the codec's list of its open sides */
     struct exchange *x;
 };

@@ -87,6 +87,8 @@ struct h2s {
     int abused;                          /* an abuse budget was broken and answered: nothing more is read */
     uint32_t max_header_list;            /* request header block limit (bytes of names and values) */
     int32_t refuse_id;                   /* the stream whose header block went over it: reset at the block's end */
+    int32_t block_id;                    /* the stream whose request header block is being decoded, */
+    struct exchange *block_x;            /* and its exchange: on_header's lookup, a dozen per request */
     ev_timer watch_timer;                /* the stall watchdog: runs while streams are open or output is stuck */
     struct h2g_stall zero_window, slow_read;
     uint64_t data_sent; /* response DATA bytes framed */
@@ -95,6 +97,26 @@ struct h2s {
     struct h2_guard guard;
     struct h2s_framer fr;
     struct h2_mem_session mem; /* the session's allocator state (h2_mem.c); outlives the session */
+    struct h2s_event *ev;      /* owned: request events of this read, reported once it is decoded */
+    uint32_t n_ev, cap_ev;
+    struct buf held; /* owned: the DATA payloads those events carry */
+};
+
+/* Request events are reported to the streams once a whole read is decoded,
+ * not from inside nghttp2's callbacks: a read from a busy client holds a
+ * dozen requests, and running their filter chains one after another keeps
+ * the Lua code and its data in the CPU's caches, where interleaving each
+ * with HPACK decoding evicted them (bench/profile: fewer cache misses and
+ * mispredictions per call). Per stream, the order is kept: a stream with
+ * events held has the rest held too (side.queued) until they are reported,
+ * and before its close. */
+enum { H2S_EV_HEADERS, H2S_EV_DATA, H2S_EV_END };
+
+struct h2s_event {
+    struct exchange *x; /* NULL once reported */
+    uint32_t off, len;  /* DATA: the payload in held */
+    uint8_t type;
+    uint8_t end; /* HEADERS: the frame carried END_STREAM */
 };
 
 static const struct side_ops h2s_ops;
@@ -404,6 +426,91 @@ static void idle_start(struct h2s *s)
     ev_timer_start(s->conn->w->loop, &s->idle_timer);
 }
 
+static void report(struct h2s *s, struct h2s_event *e)
+{
+    struct exchange *x = e->x;
+    e->x = NULL;
+    switch (e->type) {
+    case H2S_EV_HEADERS:
+        if (e->end)
+            x->req.end = 1;
+        x->down_ev->on_headers(x);
+        if (e->end)
+            x->down_ev->on_end(x);
+        break;
+    case H2S_EV_DATA:
+        x->down.unconsumed += e->len;
+        x->req.body_bytes += e->len;
+        x->down_ev->on_data(x, s->held.data + e->off, e->len);
+        break;
+    default:
+        x->req.end = 1;
+        x->down_ev->on_end(x);
+        break;
+    }
+}
+
+/* Reports what is held for x, in order (it closes, or more cannot be held). */
+static void report_stream(struct h2s *s, struct exchange *x)
+{
+    x->down.queued = 0;
+    for (uint32_t i = 0; i < s->n_ev; i++)
+        if (s->ev[i].x == x)
+            report(s, &s->ev[i]);
+}
+
+/* Reports everything held, in arrival order; stops if a report closed the connection. */
+static void report_all(struct h2s *s)
+{
+    for (uint32_t i = 0; i < s->n_ev; i++) {
+        if (s->ev[i].x)
+            s->ev[i].x->down.queued = 0;
+    }
+    for (uint32_t i = 0; i < s->n_ev && !s->conn->closing; i++)
+        if (s->ev[i].x)
+            report(s, &s->ev[i]);
+    s->n_ev = 0;
+    s->held.off = s->held.len = 0;
+}
+
+/* Holds an event for x; if that fails (out of memory), reports what x has
+ * held and then this one at once: later, but in order. */
+static void hold(struct h2s *s, struct exchange *x, int type, int end, const uint8_t *p, size_t len)
+{
+    struct h2s_event e = {.x = x, .type = (uint8_t)type, .end = (uint8_t)end, .len = (uint32_t)len};
+    int ok = 1;
+    if (s->n_ev == s->cap_ev) {
+        uint32_t cap = s->cap_ev ? 2 * s->cap_ev : 32;
+        struct h2s_event *v = realloc(s->ev, cap * sizeof *v);
+        if (v) {
+            s->ev = v;
+            s->cap_ev = cap;
+        } else {
+            ok = 0;
+        }
+    }
+    if (ok && type == H2S_EV_DATA) {
+        e.off = (uint32_t)s->held.len; /* held.off stays 0 until report_all empties it */
+        ok = len <= UINT32_MAX - s->held.len && buf_append(&s->held, p, len) == NU_OK;
+    }
+    if (!ok) {
+        nu_log(NU_LOG_DEBUG, "[c%llu s%d] out of memory holding a request event: reported now",
+               (unsigned long long)s->conn->id, x->down.id);
+        report_stream(s, x);
+        e.off = 0;
+        if (type == H2S_EV_DATA) {
+            x->down.unconsumed += len;
+            x->req.body_bytes += len;
+            x->down_ev->on_data(x, p, len);
+        } else {
+            report(s, &e);
+        }
+        return;
+    }
+    x->down.queued = 1;
+    s->ev[s->n_ev++] = e;
+}
+
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
     struct h2s *s = ud;
@@ -421,6 +528,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     h2_guard_stream_open(&s->guard, ev_now(s->conn->w->loop), frame->hd.stream_id);
     watch_start(s);
     nghttp2_session_set_stream_user_data(ng, frame->hd.stream_id, x);
+    s->block_id = frame->hd.stream_id;
+    s->block_x = x;
     return 0;
 }
 
@@ -437,7 +546,9 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         return answer_abuse(s, H2_ABUSE_HPACK_BOMB, d) == NU_OK ? NGHTTP2_ERR_PAUSE : NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     int32_t id = frame->hd.stream_id;
-    struct exchange *x = stream_x(ng, id);
+    /* A header block is never interleaved with another stream's (RFC 9113
+     * 6.10), so its fields belong to the stream on_begin_headers opened. */
+    struct exchange *x = id == s->block_id ? s->block_x : stream_x(ng, id);
     if (!x || id == s->refuse_id)
         return 0;
     struct hdr_map *m = frame->headers.cat == NGHTTP2_HCAT_REQUEST ? &x->req.hdrs : &x->req.trailers;
@@ -462,7 +573,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     int end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        x = stream_x(ng, frame->hd.stream_id);
+        x = frame->hd.stream_id == s->block_id ? s->block_x : stream_x(ng, frame->hd.stream_id);
+        s->block_id = 0; /* the block is complete */
         if (!x)
             return 0;
         if (frame->hd.stream_id == s->refuse_id) {
@@ -472,21 +584,24 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
                        ? 0
                        : NGHTTP2_ERR_CALLBACK_FAILURE;
         }
-        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-            if (end)
-                x->req.end = 1;
-            x->down_ev->on_headers(x);
-        } else {
-            x->req.end = 1; /* trailers always carry END_STREAM (nghttp2 checks) */
-        }
-        if (end)
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+            hold(s, x, H2S_EV_HEADERS, end, NULL, 0);
+        else if (x->down.queued)
+            hold(s, x, H2S_EV_END, 0, NULL, 0); /* trailers always carry END_STREAM (nghttp2 checks) */
+        else {
+            x->req.end = 1;
             x->down_ev->on_end(x);
+        }
         break;
     case NGHTTP2_DATA:
         x = stream_x(ng, frame->hd.stream_id);
         if (x && end) {
-            x->req.end = 1;
-            x->down_ev->on_end(x);
+            if (x->down.queued) {
+                hold(s, x, H2S_EV_END, 0, NULL, 0);
+            } else {
+                x->req.end = 1;
+                x->down_ev->on_end(x);
+            }
         }
         break;
     case NGHTTP2_RST_STREAM: {
@@ -515,6 +630,10 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
         nghttp2_session_consume(ng, id, len);
         return 0;
     }
+    if (x->down.queued) {
+        hold(ud, x, H2S_EV_DATA, 0, data, len);
+        return 0;
+    }
     x->down.unconsumed += len;
     x->req.body_bytes += len;
     x->down_ev->on_data(x, data, len);
@@ -527,7 +646,11 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     struct exchange *x = stream_x(ng, id);
     if (!x)
         return 0;
+    if (x->down.queued)
+        report_stream(s, x); /* what it said before it closed comes first */
     nghttp2_session_set_stream_user_data(ng, id, NULL);
+    if (id == s->block_id)
+        s->block_id = 0;
     unlink_side(s, &x->down);
     h2_guard_stream_end(&s->guard, ev_now(s->conn->w->loop));
     if (!s->sides)
@@ -652,7 +775,7 @@ static const struct side_ops h2s_ops = {
     .consume = h2s_consume,
 };
 
-static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
+static int decode(struct conn *c, const uint8_t *p, size_t n)
 {
     struct h2s *s = c->codec;
     double now = ev_now(c->w->loop);
@@ -707,8 +830,19 @@ static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
         p += k;
         n -= k;
     }
-    watch_headers(s);
     return 0;
+}
+
+static int h2s_on_read(struct conn *c, const uint8_t *p, size_t n)
+{
+    struct h2s *s = c->codec;
+    int rc = decode(c, p, n);
+    /* Also after an error: what the read held before it is reported, as
+     * nghttp2's callbacks would have; the connection closes after. */
+    report_all(s);
+    if (rc == 0)
+        watch_headers(s);
+    return rc;
 }
 
 static int h2s_fill(struct conn *c)
@@ -753,12 +887,16 @@ static void h2s_on_close(struct conn *c, int err)
     ev_timer_stop(c->w->loop, &s->hdr_timer);
     ev_timer_stop(c->w->loop, &s->linger_timer);
     ev_timer_stop(c->w->loop, &s->watch_timer);
+    /* Held events of a read that closed the connection are not reported. */
+    s->n_ev = 0;
+    s->held.off = s->held.len = 0;
     /* nghttp2_session_del reports no stream closes, so tell every stream here. */
     while (s->sides) {
         struct side *sd = s->sides;
         struct exchange *x = sd->x;
         unlink_side(s, sd);
         nghttp2_session_set_stream_user_data(s->ng, sd->id, NULL);
+        s->block_id = 0;
         sd->ops = NULL;
         sd->codec = NULL;
         sd->unconsumed = 0;
@@ -770,6 +908,8 @@ static void h2s_free(void *codec)
 {
     struct h2s *s = codec;
     nghttp2_session_del(s->ng);
+    free(s->ev);
+    buf_free(&s->held);
     free(s);
 }
 
