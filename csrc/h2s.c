@@ -111,6 +111,7 @@ struct h2s {
  * events held has the rest held too (side.queued) until they are reported,
  * and before its close. */
 enum { H2S_EV_HEADERS, H2S_EV_DATA, H2S_EV_END };
+#define H2S_HELD_KEEP 4096 /* bytes of held's buffer kept from one read to the next */
 
 struct h2s_event {
     struct exchange *x; /* NULL once reported */
@@ -352,6 +353,10 @@ static void release_quiet(struct h2s *s)
         return;
     buf_free(&c->wbuf); /* the conn owns it; empty, and the codec is its only writer */
     h2_mem_quiet(&s->mem);
+    free(s->ev); /* nothing is held between reads */
+    s->ev = NULL;
+    s->cap_ev = 0;
+    buf_free(&s->held);
 }
 
 static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
@@ -471,6 +476,10 @@ static void report_all(struct h2s *s)
             report(s, &s->ev[i]);
     s->n_ev = 0;
     s->held.off = s->held.len = 0;
+    /* A read that began large uploads held up to a read's worth of DATA:
+     * that much is not kept for the connection's busy life. */
+    if (s->held.cap > H2S_HELD_KEEP)
+        buf_free(&s->held);
 }
 
 /* Holds an event for x; if that fails (out of memory), reports what x has
