@@ -39,6 +39,10 @@ struct exchange_events {
     void (*on_headers)(struct exchange *x);
     void (*on_data)(struct exchange *x, const uint8_t *p, size_t n); /* borrowed: valid during the call */
     void (*on_end)(struct exchange *x);
+    /* Optional. A codec that reports a read's request heads first (side.queued
+     * set during on_headers) calls this for each before that request's later
+     * events: the stream starts its upstream now, if it deferred that. */
+    void (*on_start)(struct exchange *x);
     /* The codec's data provider handed n bytes of the message it sends to the wire. */
     void (*on_body_taken)(struct exchange *x, size_t n);
     /* The codec's stream is gone; it will not touch the exchange again.
@@ -54,7 +58,7 @@ struct side {
     uint64_t unconsumed;        /* bytes this side received and has not yet credited back */
     unsigned headers_seen : 1;  /* the message head from this side arrived */
     unsigned http1 : 1;         /* the codec speaks HTTP/1.x (no trailers unless chunked) */
-    unsigned queued : 1;        /* the codec holds events of this side it has not reported yet */
+    unsigned queued : 1;        /* the codec holds events of this side it has not reported yet (see on_start) */
     struct side *prev, *next;   /* the codec's list of its open sides */
     struct exchange *x;
 };

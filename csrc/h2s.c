@@ -467,13 +467,33 @@ static void report_stream(struct h2s *s, struct exchange *x)
 /* Reports everything held, in arrival order; stops if a report closed the connection. */
 static void report_all(struct h2s *s)
 {
-    for (uint32_t i = 0; i < s->n_ev; i++) {
-        if (s->ev[i].x)
-            s->ev[i].x->down.queued = 0;
+    /* First the request heads: their filter chains run back to back. A
+     * stream routed here defers its upstream start while side.queued is set. */
+    for (uint32_t i = 0; i < s->n_ev && !s->conn->closing; i++) {
+        struct h2s_event *e = &s->ev[i];
+        if (!e->x || e->type != H2S_EV_HEADERS)
+            continue;
+        if (e->end)
+            e->x->req.end = 1;
+        e->x->down_ev->on_headers(e->x);
     }
-    for (uint32_t i = 0; i < s->n_ev && !s->conn->closing; i++)
-        if (s->ev[i].x)
-            report(s, &s->ev[i]);
+    /* Then per stream, in arrival order: the upstream start, the body, the end. */
+    for (uint32_t i = 0; i < s->n_ev && !s->conn->closing; i++) {
+        struct h2s_event *e = &s->ev[i];
+        struct exchange *x = e->x;
+        if (!x)
+            continue;
+        x->down.queued = 0;
+        if (e->type == H2S_EV_HEADERS) {
+            e->x = NULL;
+            if (x->down_ev->on_start)
+                x->down_ev->on_start(x);
+            if (e->end && x->down.ops)
+                x->down_ev->on_end(x);
+        } else {
+            report(s, e);
+        }
+    }
     s->n_ev = 0;
     s->held.off = s->held.len = 0;
     /* A read that began large uploads held up to a read's worth of DATA:

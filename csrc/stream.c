@@ -226,7 +226,8 @@ void stream_free(struct stream *st)
 /* Frees the stream once both codecs have let go of it and its log phase ran. */
 static void maybe_free(struct stream *st)
 {
-    if (st->x.down.ops || st->x.up.ops || !(st->flags & ST_F_LOGGED) || (st->flags & ST_F_FREE_QUEUED))
+    if (st->x.down.ops || st->x.up.ops || !(st->flags & ST_F_LOGGED) ||
+        (st->flags & (ST_F_FREE_QUEUED | ST_F_START_QUEUED)))
         return;
     st->flags |= ST_F_FREE_QUEUED;
     worker_defer(st->w, &st->defer);
@@ -1013,6 +1014,26 @@ static void after_request_phase(struct stream *st, int rc)
     }
     if (buffer_request(st))
         return; /* d_on_end sends it on, or it got 413 */
+    if (st->x.down.queued) {
+        /* The codec runs the other request heads of its read first, then
+         * calls d_on_start, then reports this request's body: the upstream
+         * sees the same as if it started now (docs/internals.md section 10). */
+        st->flags |= ST_F_START_QUEUED;
+        return;
+    }
+    start_upstream(st);
+}
+
+static void d_on_start(struct exchange *x)
+{
+    struct stream *st = st_of(x);
+    if (!(st->flags & ST_F_START_QUEUED))
+        return;
+    st->flags &= ~ST_F_START_QUEUED;
+    if ((st->flags & (ST_F_REPLIED | ST_F_DOWN_CLOSED)) || !x->down.ops) {
+        maybe_free(st); /* answered or gone meanwhile: nothing to start */
+        return;
+    }
     start_upstream(st);
 }
 
@@ -1132,6 +1153,7 @@ static void d_on_close(struct exchange *x, uint32_t h2_error, int reason, const 
 {
     struct stream *st = st_of(x);
     st->flags |= ST_F_DOWN_CLOSED;
+    st->flags &= ~ST_F_START_QUEUED; /* its codec is gone: no d_on_start comes */
     if (x->up.ops && !(x->resp.end && x->req.end)) {
         /* The client went away or cancelled: cancel the upstream call too. */
         nu_log(NU_LOG_DEBUG, "[c%llu s%llu] downstream closed (%s): cancelling upstream",
@@ -1423,6 +1445,7 @@ static const struct exchange_events down_events = {
     .on_headers = d_on_headers,
     .on_data = d_on_data,
     .on_end = d_on_end,
+    .on_start = d_on_start,
     .on_body_taken = d_on_body_taken,
     .on_close = d_on_close,
 };

@@ -49,6 +49,7 @@ enum stream_flags {
     ST_F_BRIDGE = 1 << 22,        /* Module enable_grpc_http11_bridge: an HTTP/1.1 gRPC client */
     ST_F_BRIDGE_HELD = 1 << 23,   /* the bridged response is held until its trailers */
     ST_F_BUFFERING = 1 << 24,     /* Module buffer: the request body is held until complete */
+    ST_F_START_QUEUED = 1 << 25,  /* routed while its codec holds its later events: starts at on_start */
 };
 
 struct stream {
