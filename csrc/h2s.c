@@ -107,9 +107,10 @@ struct h2s {
  * dozen requests, and running their filter chains one after another keeps
  * the Lua code and its data in the CPU's caches, where interleaving each
  * with HPACK decoding evicted them (bench/profile: fewer cache misses and
- * mispredictions per call). Per stream, the order is kept: a stream with
- * events held has the rest held too (side.queued) until they are reported,
- * and before its close. */
+ * mispredictions per call). They are reported in two passes (report_all):
+ * the request heads, then per stream its upstream start (on_start), body
+ * and end. Per stream, the order is kept: a stream with events held has the
+ * rest held too (side.queued) until they are reported, and before its close. */
 enum { H2S_EV_HEADERS, H2S_EV_DATA, H2S_EV_END };
 #define H2S_HELD_KEEP 4096 /* bytes of held's buffer kept from one read to the next */
 
@@ -431,6 +432,28 @@ static void idle_start(struct h2s *s)
     ev_timer_start(s->conn->w->loop, &s->idle_timer);
 }
 
+static void hold(struct h2s *s, struct exchange *x, int type, int end, const uint8_t *p, size_t len);
+
+/* Tells the stream about body bytes (borrowed: valid during the call). */
+static void pass_data(struct exchange *x, const uint8_t *p, size_t len)
+{
+    x->down.unconsumed += len;
+    x->req.body_bytes += len;
+    x->down_ev->on_data(x, p, len);
+}
+
+/* The request ended (END_STREAM on DATA or trailers): told now, or held
+ * behind what the stream already has held. */
+static void pass_end(struct h2s *s, struct exchange *x)
+{
+    if (x->down.queued) {
+        hold(s, x, H2S_EV_END, 0, NULL, 0);
+        return;
+    }
+    x->req.end = 1;
+    x->down_ev->on_end(x);
+}
+
 static void report(struct h2s *s, struct h2s_event *e)
 {
     struct exchange *x = e->x;
@@ -444,13 +467,10 @@ static void report(struct h2s *s, struct h2s_event *e)
             x->down_ev->on_end(x);
         break;
     case H2S_EV_DATA:
-        x->down.unconsumed += e->len;
-        x->req.body_bytes += e->len;
-        x->down_ev->on_data(x, s->held.data + e->off, e->len);
+        pass_data(x, s->held.data + e->off, e->len);
         break;
     default:
-        x->req.end = 1;
-        x->down_ev->on_end(x);
+        pass_end(s, x); /* x->down.queued is clear by now */
         break;
     }
 }
@@ -464,7 +484,9 @@ static void report_stream(struct h2s *s, struct exchange *x)
             report(s, &s->ev[i]);
 }
 
-/* Reports everything held, in arrival order; stops if a report closed the connection. */
+/* Reports everything held, in two passes (see struct h2s_event): the
+ * request heads, then per stream in arrival order its upstream start, body
+ * and end. Stops if a report closed the connection. */
 static void report_all(struct h2s *s)
 {
     /* First the request heads: their filter chains run back to back. A
@@ -526,14 +548,10 @@ static void hold(struct h2s *s, struct exchange *x, int type, int end, const uin
         nu_log(NU_LOG_DEBUG, "[c%llu s%d] out of memory holding a request event: reported now",
                (unsigned long long)s->conn->id, x->down.id);
         report_stream(s, x);
-        e.off = 0;
-        if (type == H2S_EV_DATA) {
-            x->down.unconsumed += len;
-            x->req.body_bytes += len;
-            x->down_ev->on_data(x, p, len);
-        } else {
+        if (type == H2S_EV_DATA)
+            pass_data(x, p, len);
+        else
             report(s, &e);
-        }
         return;
     }
     x->down.queued = 1;
@@ -615,23 +633,13 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         }
         if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
             hold(s, x, H2S_EV_HEADERS, end, NULL, 0);
-        else if (x->down.queued)
-            hold(s, x, H2S_EV_END, 0, NULL, 0); /* trailers always carry END_STREAM (nghttp2 checks) */
-        else {
-            x->req.end = 1;
-            x->down_ev->on_end(x);
-        }
+        else
+            pass_end(s, x); /* trailers always carry END_STREAM (nghttp2 checks) */
         break;
     case NGHTTP2_DATA:
         x = stream_x(ng, frame->hd.stream_id);
-        if (x && end) {
-            if (x->down.queued) {
-                hold(s, x, H2S_EV_END, 0, NULL, 0);
-            } else {
-                x->req.end = 1;
-                x->down_ev->on_end(x);
-            }
-        }
+        if (x && end)
+            pass_end(s, x);
         break;
     case NGHTTP2_RST_STREAM: {
         /* Called before nghttp2 closes the stream: its exchange is still here. */
@@ -659,13 +667,10 @@ static int on_data_chunk_recv(nghttp2_session *ng, uint8_t flags, int32_t id, co
         nghttp2_session_consume(ng, id, len);
         return 0;
     }
-    if (x->down.queued) {
+    if (x->down.queued)
         hold(ud, x, H2S_EV_DATA, 0, data, len);
-        return 0;
-    }
-    x->down.unconsumed += len;
-    x->req.body_bytes += len;
-    x->down_ev->on_data(x, data, len);
+    else
+        pass_data(x, data, len);
     return 0;
 }
 
@@ -919,13 +924,13 @@ static void h2s_on_close(struct conn *c, int err)
     /* Held events of a read that closed the connection are not reported. */
     s->n_ev = 0;
     s->held.off = s->held.len = 0;
+    s->block_id = 0;
     /* nghttp2_session_del reports no stream closes, so tell every stream here. */
     while (s->sides) {
         struct side *sd = s->sides;
         struct exchange *x = sd->x;
         unlink_side(s, sd);
         nghttp2_session_set_stream_user_data(s->ng, sd->id, NULL);
-        s->block_id = 0;
         sd->ops = NULL;
         sd->codec = NULL;
         sd->unconsumed = 0;
