@@ -105,23 +105,50 @@ static void test_self_alias_and_dead_bytes(void)
     hdr_clear(&m);
 }
 
-/* Names are folded eight bytes at a time: every byte value, at every position. */
+/* Names are folded eight bytes at a time, the last word overlapping the one
+ * before: every byte value, at every position of every length. */
 static void test_fold_every_byte(void)
 {
     for (int c = 0; c < 256; c++) {
         for (size_t len = 1; len <= 19; len++) {
-            char name[20], want[20];
-            for (size_t i = 0; i < len; i++)
-                name[i] = (char)((i * 37 + 11) % 95 + 32);
-            name[len - 1] = (char)c;
-            for (size_t i = 0; i < len; i++)
-                want[i] = (name[i] >= 'A' && name[i] <= 'Z') ? (char)(name[i] + 32) : name[i];
-            struct hdr_map m = {0};
-            CHECK(hdr_add(&m, name, len, "v", 1) == NU_OK);
-            CHECK(memcmp(m.v[0].name, want, len) == 0);
-            CHECK(hdr_find(&m, name, len, 0) == 0);
-            hdr_clear(&m);
+            for (size_t at = 0; at < len; at++) {
+                char name[20], want[20];
+                for (size_t i = 0; i < len; i++)
+                    name[i] = (char)((i * 37 + 11) % 95 + 32);
+                name[at] = (char)c;
+                for (size_t i = 0; i < len; i++)
+                    want[i] = (name[i] >= 'A' && name[i] <= 'Z') ? (char)(name[i] + 32) : name[i];
+                struct hdr_map m = {0};
+                CHECK(hdr_add(&m, name, len, "v", 1) == NU_OK);
+                CHECK(memcmp(m.v[0].name, want, len) == 0);
+                CHECK(hdr_find(&m, name, len, 0) == 0);
+                hdr_clear(&m);
+            }
         }
+    }
+}
+
+/* Lookups compare words, the last overlapping the one before, or two halves
+ * under eight bytes: a name that differs from the stored one in any single
+ * byte is not it, and one that differs only in case is. */
+static void test_names_differ_at_every_position(void)
+{
+    for (size_t len = 1; len <= 24; len++) {
+        char name[25];
+        for (size_t i = 0; i < len; i++)
+            name[i] = (char)('a' + (i * 7) % 26);
+        struct hdr_map m = {0};
+        CHECK(hdr_add(&m, name, len, "v", 1) == NU_OK);
+        for (size_t at = 0; at < len; at++) {
+            char other[25];
+            memcpy(other, name, len);
+            other[at] = other[at] == 'z' ? 'y' : (char)(other[at] + 1);
+            CHECK(hdr_find(&m, other, len, 0) == -1);
+            memcpy(other, name, len);
+            other[at] = (char)(other[at] - 32); /* upper case */
+            CHECK(hdr_find(&m, other, len, 0) == 0);
+        }
+        hdr_clear(&m);
     }
 }
 
@@ -159,5 +186,6 @@ int main(void)
     test_growth();
     test_binary_values();
     test_long_names();
+    test_names_differ_at_every_position();
     CHECK_DONE();
 }
