@@ -62,35 +62,35 @@ static int name_eq(const struct hdr_entry *e, const char *name, size_t nlen)
     return 1;
 }
 
-/* Copies n bytes, folding A-Z to lower case, eight bytes at a time: this runs
- * for every header name of every message. A byte is upper case when, with its
- * top bit cleared, adding 0x80-'A' sets the top bit and adding 0x80-'Z'-1 does
- * not, and its own top bit was clear; no addition carries across bytes. */
-static void fold_copy(char *dst, const char *src, size_t n)
+/* Folds A-Z to lower case in the eight bytes at src, written to dst. A byte
+ * is upper case when, with its top bit cleared, adding 0x80-'A' sets the top
+ * bit and adding 0x80-'Z'-1 does not, and its own top bit was clear; no
+ * addition carries across bytes. */
+static inline void fold_word(char *dst, const char *src)
 {
     const uint64_t high = 0x8080808080808080ull, low7 = 0x7f7f7f7f7f7f7f7full;
     const uint64_t ge_a = 0x0101010101010101ull * (0x80 - 'A');
     const uint64_t gt_z = 0x0101010101010101ull * (0x80 - 'Z' - 1);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t x;
-        memcpy(&x, src + i, 8);
-        uint64_t m = x & low7;
-        uint64_t upper = (m + ge_a) & ~(m + gt_z) & ~x & high;
-        x |= upper >> 2; /* 0x80 >> 2 = 0x20: 'A' -> 'a' */
-        memcpy(dst + i, &x, 8);
-    }
-    if (i < n && n >= 8) {
-        /* The last word again, overlapping: folding reads only src. */
-        uint64_t x;
-        memcpy(&x, src + n - 8, 8);
-        uint64_t m = x & low7;
-        uint64_t upper = (m + ge_a) & ~(m + gt_z) & ~x & high;
-        x |= upper >> 2;
-        memcpy(dst + n - 8, &x, 8);
+    uint64_t x;
+    memcpy(&x, src, 8);
+    uint64_t m = x & low7;
+    uint64_t upper = (m + ge_a) & ~(m + gt_z) & ~x & high;
+    x |= upper >> 2; /* 0x80 >> 2 = 0x20: 'A' -> 'a' */
+    memcpy(dst, &x, 8);
+}
+
+/* Copies n bytes, folding A-Z to lower case, eight bytes at a time: this runs
+ * for every header name of every message. From eight bytes on, the last word
+ * overlaps the one before it (folding reads only src) instead of a byte loop. */
+static void fold_copy(char *dst, const char *src, size_t n)
+{
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8)
+            fold_word(dst + i, src + i);
+        fold_word(dst + n - 8, src + n - 8);
         return;
     }
-    for (; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         char c = src[i];
         dst[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
     }
