@@ -324,3 +324,11 @@ void hdr_clear(struct hdr_map *m)
     block_put(m);
     memset(m, 0, sizeof *m);
 }
+
+void hdr_cache_release(void)
+{
+#ifdef HDR_CACHE
+    while (hdr_cache.n)
+        free(hdr_cache.blocks[--hdr_cache.n]);
+#endif
+}

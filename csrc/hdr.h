@@ -42,6 +42,8 @@ int hdr_count(const struct hdr_map *m, const char *name, size_t nlen);
  * set may move every string), or NULL. */
 const char *hdr_get(const struct hdr_map *m, const char *name, size_t nlen, size_t *vlen);
 void hdr_clear(struct hdr_map *m);
+/* Frees the calling thread's cache of spare map blocks (a worker thread, as it ends). */
+void hdr_cache_release(void);
 
 #define HDR_LIT(s) (s), (sizeof(s) - 1)
 

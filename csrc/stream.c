@@ -192,6 +192,14 @@ static void stream_release(struct stream *st)
     free(st);
 }
 
+void stream_cache_release(void)
+{
+#ifdef STREAM_CACHE
+    while (stream_cache.n)
+        free(stream_cache.v[--stream_cache.n]);
+#endif
+}
+
 static void stream_free_deferred(struct worker_defer *d)
 {
     stream_free(nu_container_of(d, struct stream, defer));

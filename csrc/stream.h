@@ -115,5 +115,7 @@ int stream_prepare_reply(struct stream *st, int status, int grpc_status, const c
 int stream_is_alive(const struct stream *st);
 struct stream *stream_new_test(int grpc);
 void stream_free(struct stream *st);
+/* Frees the calling thread's cache of freed streams (a worker thread, as it ends). */
+void stream_cache_release(void);
 
 #endif

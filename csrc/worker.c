@@ -7,6 +7,7 @@
 #include "h1s.h"
 #include "h2_mem.h"
 #include "h2s.h"
+#include "hdr.h"
 #include "listener.h"
 #include "log.h"
 #include "lua_bridge.h"
@@ -511,6 +512,8 @@ static void *worker_main(void *arg)
     lua_bridge_close(w->L);
     w->L = NULL;
     buf_pool_release();
+    hdr_cache_release();
+    stream_cache_release();
     stats_free(w->stats);
     w->stats = NULL;
     struct worker *control = w->control;
