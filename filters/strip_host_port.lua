@@ -66,7 +66,8 @@ end
 
 function M.new()
   local strip = M.strip
-  local self = {}
+  -- confined: keeps nothing of a stream past its call (nuncio.chain: reuse_stream)
+  local self = { confined = true }
   function self.on_request_headers(_, s)
     local rq = s.request
     local a = rq:get(":authority")

@@ -65,7 +65,7 @@ local function instantiate(entry)
   local ok, inst = pcall(mod.new, config)
   if not ok then return nil, string_format("filter %s: new() failed: %s", name, tostring(inst)) end
   if type(inst) ~= "table" then return nil, string_format("filter %s: new() must return a table", name) end
-  return { name = name, inst = inst }
+  return { name = name, inst = inst, bundled = entry.bundled == true }
 end
 
 -- The bundled filters the Module switches on, ahead of the user's chain.
@@ -73,12 +73,12 @@ local function bundled_entries(http, routes)
   local list = {}
   if http.strip_matching_host_port then
     list[#list + 1] = { name = "strip_host_port", config = {},
-      source = "(Module ambassador: strip_matching_host_port)" }
+      source = "(Module ambassador: strip_matching_host_port)", bundled = true }
   end
   local ls = http.lua_scripts
   if ls then
     list[#list + 1] = { name = "envoy_scripts", config = { code = ls.code, name = "lua_scripts", fail_closed = false },
-      source = ls.source, lua_scripts = ls }
+      source = ls.source, lua_scripts = ls, bundled = true }
   end
   -- Envoy's CORS filter comes after the Lua filter (behaviour notes §5.3); Emissary always
   -- installs it, nuncio only when a route has a cors policy (it does nothing otherwise).
@@ -167,6 +167,17 @@ function M.new(model, router)
     response_trailers = response_trailers,
     log = any("on_log") or response_headers or response_trailers,
   }
+  -- The runtime may reuse one stream object for request after request when
+  -- nothing can hold on to it past its request phase: no later phase (the
+  -- object would live on to it), and only bundled filters whose instance says
+  -- `confined` (strip_host_port; envoy_scripts when bounded.confined proved its
+  -- script). A user's filter gets the stream itself and could keep it; it
+  -- must then get an error on later use, not the next request's headers.
+  local reuse = not self.wants.log
+  for _, f in ipairs(filters) do
+    if not (f.bundled and f.inst.confined == true) then reuse = false end
+  end
+  self.reuse_stream = reuse
   return self
 end
 

@@ -187,3 +187,40 @@ describe("the chain", function()
     assert.matches("filter no.such.filter: cannot load", err, 1, true)
   end)
 end)
+
+describe("nuncio.chain reuse_stream (the runtime's one stream object for every request)", function()
+  local GUIDE = assert(io.open("spec/fixtures/ambassador/guide-lua-module.yaml")):read("*a")
+  local function module(config)
+    return GREETER .. "\n---\napiVersion: getambassador.io/v3alpha1\nkind: Module\nmetadata: {name: ambassador}\n"
+      .. "spec:\n  config:\n" .. config
+  end
+  local function script(code)
+    return module("    lua_scripts: |\n      " .. code:gsub("\n", "\n      ") .. "\n")
+  end
+
+  it("is on when only bundled filters that keep nothing of a stream run", function()
+    assert.is_true(testing.chain({ ambassador = GREETER }).chain.reuse_stream) -- the router alone
+    assert.is_true(testing.chain({ ambassador = module("    strip_matching_host_port: true\n") }).chain.reuse_stream)
+    assert.is_true(testing.chain({ ambassador = GREETER .. "\n" .. GUIDE }).chain.reuse_stream)
+  end)
+
+  it("is off with a user's filter: it gets the stream itself and could keep it", function()
+    local f = { name = "nothing", module = { new = function() return { on_request_headers = function() end } end } }
+    assert.is_false(testing.chain({ ambassador = GREETER, filters = { f } }).chain.reuse_stream)
+    -- Saying so does not count either: only a bundled filter's word does.
+    local says = { name = "says", module = { new = function() return { confined = true,
+      on_request_headers = function() end } end } }
+    assert.is_false(testing.chain({ ambassador = GREETER, filters = { says } }).chain.reuse_stream)
+  end)
+
+  it("is off with a script not proved to keep nothing, and when a later phase runs", function()
+    local keeps = testing.chain({ ambassador = script("local kept\nfunction envoy_on_request(h) kept = h end") })
+    assert.is_false(keeps.chain.reuse_stream)
+    -- Its request half keeps nothing, but the object lives on to the response phase.
+    local response = testing.chain({ ambassador = script("function envoy_on_request(h) h:headers():add(\"x-q\", \"1\") end\n"
+      .. "function envoy_on_response(h) h:headers():add(\"x-r\", \"1\") end") })
+    assert.is_true(response.chain.filters[1].inst.confined)
+    assert.is_true(response.chain.wants.log)
+    assert.is_false(response.chain.reuse_stream)
+  end)
+end)

@@ -165,3 +165,65 @@ spec: {hostname: "*", prefix: /, service: up:1}
     assert.are.equal("", got)
   end)
 end)
+
+describe("nuncio.stream recycle and reuse", function()
+  local testing = require("nuncio.testing")
+  local YAML = [[
+apiVersion: getambassador.io/v3alpha1
+kind: Mapping
+metadata: {name: x}
+spec: {hostname: "*", prefix: /x/, service: up:1}
+]]
+
+  local function keys(t)
+    local out = {}
+    for k in pairs(t) do out[#out + 1] = k end
+    table.sort(out)
+    return out
+  end
+
+  it("leaves only what new() made, whatever an exchange added", function()
+    local chain = testing.chain({ ambassador = YAML }).chain
+    local _, st = new_stream(true)
+    local s = stream.new(st, chain)
+    local made = keys(s) -- _chain, _replied, _st, request
+    local request = s.request
+    -- Everything an exchange can add to its stream object:
+    s.request:add(":path", "/nowhere")
+    assert.is_nil(s:route()) -- _route_why
+    s.request:set(":path", "/x/1")
+    assert.are.equal("x", s:route().name) -- _route
+    s.ctx.mine = true
+    local _ = s.response, s.trailers, s.request_trailers -- the lazy maps
+    s:respond(404, "") -- _replied
+    assert.is_true(s:replied())
+
+    stream.recycle(s)
+    local left = {}
+    for _, k in ipairs(made) do if k ~= "_st" then left[#left + 1] = k end end
+    assert.are.same(left, keys(s))
+    assert.is_false(s:replied())
+    assert.are.equal(request, s.request) -- the request map object stays, bound to s
+    assert.are.equal(s, s.request._s)
+    -- Between exchanges it is as dead as a released stream.
+    assert.has_error(function() s:path() end, "this stream has ended; a filter kept it past its exchange")
+  end)
+
+  it("serves the next exchange from its own C stream, with nothing of the last one", function()
+    local chain = testing.chain({ ambassador = YAML }).chain
+    local _, st1 = new_stream(true)
+    local s = stream.new(st1, chain)
+    s.request:add(":path", "/x/first")
+    assert.are.equal("x", s:route().name)
+    s.ctx.seen = 1
+    stream.recycle(s)
+
+    local _, st2 = new_stream(true)
+    stream.reuse(s, st2, chain)
+    s.request:add(":path", "/other")
+    assert.are.equal("/other", s:path())
+    assert.is_nil(s:route()) -- routed afresh, not the last exchange's route
+    assert.is_nil(s.ctx.seen)
+    assert.is_nil(s.response:get(":status"))
+  end)
+end)
