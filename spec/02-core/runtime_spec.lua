@@ -81,6 +81,16 @@ local function reply_status(st)
   return tonumber(nffi.int_out[0])
 end
 
+-- The object the runtime keeps for the next request (false: none).
+local function spare()
+  for i = 1, 100 do
+    local name, value = debug.getupvalue(runtime.request_headers, i)
+    if name == nil then break end
+    if name == "spare" then return value end
+  end
+  error("runtime.request_headers has no upvalue 'spare'")
+end
+
 -- Bytes the Lua heap grew by per request, the collector stopped.
 local function bytes_per_request(n, path)
   for _ = 1, 200 do -- warm: pools, interned strings, compiled traces
@@ -147,5 +157,32 @@ describe("nuncio.runtime request phase", function()
     end
     C.nu_ffi_test_stream_free(st1)
     C.nu_ffi_test_stream_free(st2)
+  end)
+
+  it("hands the reused object across a reload to a chain that may not reuse it, and it dies there", function()
+    configure(ROUTES .. GUIDE) -- reuses: its last request leaves the object spare
+    local _, st = request("/helloworld.Greeter/A", "example.com:8080")
+    C.nu_ffi_test_stream_free(st)
+    local handed = spare()
+    assert.are.equal("table", type(handed))
+    configure(ROUTES, "lua_path: [" .. dir .. "]\nchain: [keeper]\n")
+    local keeper = require("keeper")
+    keeper.kept = {}
+    local rc
+    rc, st = request("/helloworld.Greeter/B", "example.com")
+    assert.are.equal(0, rc)
+    assert.is_true(routed(st))
+    assert.are.equal(1, #keeper.kept)
+    assert.are.equal(handed, keeper.kept[1]) -- the new chain's first request took it...
+    assert.has_error(function() keeper.kept[1]:path() end,
+      "this stream has ended; a filter kept it past its exchange")
+    assert.is_false(spare()) -- ...and it is not handed on: the filter still holds it
+    C.nu_ffi_test_stream_free(st)
+    -- Back to a chain that reuses: requests are routed as before.
+    configure(ROUTES .. GUIDE)
+    rc, st = request("/helloworld.Greeter/C", "example.com:8080")
+    assert.are.equal(0, rc)
+    assert.are.equal("example.com", authority(st))
+    C.nu_ffi_test_stream_free(st)
   end)
 end)
