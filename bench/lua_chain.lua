@@ -54,28 +54,14 @@ local HEADERS = {
 }
 
 local out = ffi.new("struct stream *[1]")
--- As nuncio.runtime does: one stream object serves request after request
--- when the chain allows it (chain.reuse_stream), else one is made per request.
-local spare = {}
 local function one(chain)
   assert(C.nu_ffi_test_stream_new(out, 1) == OK)
   local st = out[0]
-  local s = spare[chain]
-  if s then
-    spare[chain] = nil
-    stream_mod.reuse(s, st, chain)
-  else
-    s = stream_mod.new(st, chain)
-  end
+  local s = stream_mod.take(st, chain) -- as nuncio.runtime: reused when the chain allows
   local rq = s.request
   for i = 1, #HEADERS do rq:add(HEADERS[i][1], HEADERS[i][2]) end
   local rc = chain:request_headers(s)
-  if chain.reuse_stream then
-    stream_mod.recycle(s)
-    spare[chain] = s
-  else
-    s:_release()
-  end
+  stream_mod.put(s)
   C.nu_ffi_test_stream_free(st)
   return rc
 end

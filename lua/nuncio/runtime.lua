@@ -147,31 +147,14 @@ local function get(ud)
   return s
 end
 
--- The stream object a finished request phase left for the next one, when
--- its chain allows it (chain.reuse_stream): then requests make no tables.
--- One is enough: a phase that waits for a body keeps its own meanwhile.
-local spare = false
-
 function M.request_headers(ud)
   if keep then return installed:request_headers(get(ud)) end
-  local ch = installed -- the chain this exchange runs on, even if a reload commits meanwhile
-  local s = spare
-  if s then
-    spare = false
-    stream_mod.reuse(s, cast(ud), ch)
-  else
-    s = stream_mod.new(cast(ud), ch)
-  end
+  local s = stream_mod.take(cast(ud), installed) -- reused when the chain allows (stream.put)
   inflight = s
-  local rc, err = ch:request_headers(s)
+  local rc, err = s._chain:request_headers(s)
   if n_parked > 0 then unpark(ud) end
   inflight = false
-  if ch.reuse_stream then
-    stream_mod.recycle(s)
-    spare = s
-  else
-    s:_release()
-  end
+  stream_mod.put(s)
   return rc, err
 end
 -- Later phases run through the chain the exchange started on (a reload may

@@ -184,13 +184,9 @@ function M.new(st, chain)
   return s
 end
 
---- Ends an exchange's use of s so that a later one can take it (M.reuse):
---- what new() made stays, everything an exchange added goes. Only for a
---- chain whose every filter keeps nothing of the stream (chain.reuse_stream):
---- the runtime then makes no tables per request. Their garbage was over half
---- of the Lua request path's cost at 10 000 Mappings (bench/README.md, target
---- 4). Each field an exchange may add is listed here; stream_spec checks that
---- none is left.
+--- Ends an exchange's use of s so that a later one can take it (M.take):
+--- what new() made stays, everything an exchange added goes. Each field an
+--- exchange may add is listed here; stream_spec checks that none is left.
 function M.recycle(s)
   s._st, s._replied = nil, false
   -- rawget first: assigning nil to an absent key would add it to the table
@@ -202,9 +198,32 @@ function M.recycle(s)
   if rawget(s, "ctx") ~= nil then s.ctx = nil end
 end
 
---- Gives a recycled s (M.recycle) to a new exchange.
-function M.reuse(s, st, chain)
+-- The object a finished request phase left for the next one (M.put). One is
+-- enough: a phase that waits for a body keeps its own meanwhile.
+local spare = false
+
+--- s = stream.take(cdata_stream, chain): a request phase's stream object,
+--- the one the last phase left (M.put) or a new one.
+function M.take(st, chain)
+  local s = spare
+  if not s then return M.new(st, chain) end
+  spare = false
   s._st, s._chain = st, chain
+  return s
+end
+
+--- After the request phase of an exchange with no later phase: s is kept
+--- for the next request when its chain says nothing can have kept it
+--- (chain.reuse_stream: bundled filters proved to keep nothing), else
+--- released. Requests then make no tables; their garbage was over half of
+--- the Lua request path's cost at 10 000 Mappings (bench/README.md, target 4).
+function M.put(s)
+  if s._chain.reuse_stream then
+    M.recycle(s)
+    spare = s
+  else
+    s:_release()
+  end
 end
 
 function Stream:method() return self.request:get(":method") end

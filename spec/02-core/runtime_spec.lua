@@ -3,6 +3,7 @@
 local ffi = require("ffi")
 local nffi = require("nuncio.ffi")
 local runtime = require("nuncio.runtime")
+local stream = require("nuncio.stream")
 
 local C, OK = nffi.C, nffi.OK
 
@@ -86,14 +87,14 @@ local function reply_status(st)
   return tonumber(nffi.int_out[0])
 end
 
--- The object the runtime keeps for the next request (false: none).
+-- The object kept for the next request (false: none), nuncio.stream's.
 local function spare()
   for i = 1, 100 do
-    local name, value = debug.getupvalue(runtime.request_headers, i)
+    local name, value = debug.getupvalue(stream.take, i)
     if name == nil then break end
     if name == "spare" then return value end
   end
-  error("runtime.request_headers has no upvalue 'spare'")
+  error("stream.take has no upvalue 'spare'")
 end
 
 -- Bytes the Lua heap grew by per request, the collector stopped. The JIT is

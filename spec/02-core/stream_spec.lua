@@ -211,19 +211,35 @@ spec: {hostname: "*", prefix: /x/, service: up:1}
 
   it("serves the next exchange from its own C stream, with nothing of the last one", function()
     local chain = testing.chain({ ambassador = YAML }).chain
+    assert.is_true(chain.reuse_stream)
     local _, st1 = new_stream(true)
-    local s = stream.new(st1, chain)
-    s.request:add(":path", "/x/first")
-    assert.are.equal("x", s:route().name)
-    s.ctx.seen = 1
-    stream.recycle(s)
+    local first = stream.take(st1, chain)
+    first.request:add(":path", "/x/first")
+    assert.are.equal("x", first:route().name)
+    first.ctx.seen = 1
+    stream.put(first)
 
     local _, st2 = new_stream(true)
-    stream.reuse(s, st2, chain)
+    local s = stream.take(st2, chain)
+    assert.are.equal(first, s) -- the same object
     s.request:add(":path", "/other")
     assert.are.equal("/other", s:path())
     assert.is_nil(s:route()) -- routed afresh, not the last exchange's route
     assert.is_nil(s.ctx.seen)
     assert.is_nil(s.response:get(":status"))
+  end)
+
+  it("releases, not keeps, an object whose chain may not reuse it", function()
+    local f = { name = "f", module = { new = function() return { on_request_headers = function() end } end } }
+    local chain = testing.chain({ ambassador = YAML, filters = { f } }).chain
+    assert.is_false(chain.reuse_stream)
+    local _, st1 = new_stream(true)
+    local first = stream.take(st1, chain)
+    stream.put(first)
+    assert.has_error(function() first:path() end, "this stream has ended; a filter kept it past its exchange")
+    local _, st2 = new_stream(true)
+    local s = stream.take(st2, chain)
+    assert.are_not.equal(first, s)
+    stream.put(s)
   end)
 end)
